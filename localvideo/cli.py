@@ -1,0 +1,269 @@
+"""The command line (typer + rich). Thin: it parses, calls the library, prints. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from .errors import LocalVideoError
+
+app = typer.Typer(
+    name="localvideo",
+    help="Local-first AI video studio: a prompt in, a real MP4 out, on your own GPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List, inspect and download models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:  # pipes and logs: no wrapping at 80 columns
+        c = Console(stderr=stderr, highlight=False, width=200, soft_wrap=True)
+    return c
+
+
+def _fail(err: LocalVideoError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": False, **err.to_dict()}))
+    else:
+        c = _console(stderr=True)
+        c.print(f"[bold red]Error:[/] {err.message}")
+        if err.hint:
+            c.print(f"[yellow]{err.hint}[/]")
+    raise typer.Exit(err.exit_code)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What the video shows."),
+    model: str = typer.Option("wan2.1-t2v-1.3b", "--model", "-m", help="Model id (see `localvideo models list`)."),
+    width: Optional[int] = typer.Option(None, help="Width in pixels (snapped to the model's multiple)."),
+    height: Optional[int] = typer.Option(None, help="Height in pixels (snapped to the model's multiple)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (snapped to the model's rule)."),
+    fps: Optional[float] = typer.Option(None, help="Frames per second of the MP4 (default: the model's native fps)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same seed → same video). Default: random, recorded."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (default: the model's)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    strategy: str = typer.Option("auto", help="Memory strategy: auto, resident, model_offload, group_offload, "
+                                              "sequential_offload."),
+    vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Force VAE tiling on/off."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and why, generate nothing."),
+    vram: Optional[float] = typer.Option(None, "--vram", help="Plan for a hypothetical GPU with this many GB "
+                                                              "(only with --dry-run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result (or plan)."),
+) -> None:
+    """Generate a video from a text prompt."""
+    from .request import GenerationRequest
+
+    try:
+        fields = dict(prompt=prompt, model=model, width=width, height=height, num_frames=frames, fps=fps, steps=steps,
+                      guidance=guidance, seed=seed, negative_prompt=negative, output=output, strategy=strategy,
+                      vae_tiling=vae_tiling)
+        if strategy not in ("auto", "resident", "model_offload", "group_offload", "sequential_offload"):
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"Unknown memory strategy '{strategy}'.",
+                                 hint="Use auto, resident, model_offload, group_offload or sequential_offload.")
+        request = GenerationRequest.parse(**fields)
+        if vram is not None and not dry_run:
+            from .errors import InvalidRequest
+
+            raise InvalidRequest("--vram only makes sense with --dry-run.", hint="Add --dry-run.")
+        if dry_run:
+            _dry_run(request, vram, as_json)
+            return
+        _generate(request, as_json)
+    except LocalVideoError as e:
+        _fail(e, as_json)
+
+
+def _dry_run(request, vram: float | None, as_json: bool) -> None:
+    from .generation import prepare
+    from .hardware import Hardware, probe
+    from .settings import get_settings
+
+    hw = Hardware.assumed(vram) if vram is not None else probe(get_settings().home)
+    spec, plan = prepare(request, hw)
+    if as_json:
+        print(json.dumps({"ok": True, "dry_run": True, "plan": plan.to_dict()}, ensure_ascii=False))
+        return
+    c = _console()
+    c.print("[bold]Plan[/] (dry run, nothing generated)")
+    for line in plan.explain():
+        c.print("  " + line, markup=False)
+
+
+def _generate(request, as_json: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .generation import generate as run_generation
+
+    console = _console(stderr=True)
+    progress = Progress(TextColumn("[bold]{task.fields[phase]:<10}"), BarColumn(), TextColumn("{task.completed}/"
+                        "{task.total} steps"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        disable=as_json or not console.is_terminal, transient=True)
+    task = progress.add_task("gen", total=request.steps or 1, phase="planning")
+
+    def on_progress(p) -> None:
+        progress.update(task, completed=p.step, total=max(p.total, 1), phase=p.phase)
+        if not console.is_terminal and not as_json and p.phase in ("loading", "decoding", "encoding"):
+            console.print(f"{p.phase}…")
+
+    with progress:
+        result = run_generation(request=request, on_progress=on_progress)
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False))
+        return
+    c = _console()
+    for w in result.warnings:
+        c.print(f"[yellow]warning:[/] {w}")
+    for n in result.plan.notes:
+        c.print(f"[cyan]changed:[/] {n}")
+    c.print(f"[green]Wrote[/] {result.path}  ({result.frames} frames, {result.width}x{result.height}, "
+            f"{result.fps:g} fps, seed {result.seed}, {result.plan.strategy}, {result.timings['total_s']:.1f} s)")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """All models localvideo knows, with install state."""
+    from .catalog import all_models
+    from .runtime.store import find
+    from .settings import get_settings
+
+    settings = get_settings()
+    rows = []
+    for m in all_models():
+        found = find(m, settings)
+        rows.append(m.to_dict() | {"installed": found is not None, "path": str(found.path) if found else None,
+                                   "source": found.source if found else None})
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    t = Table(title="localvideo models")
+    for col in ("id", "tasks", "weights", "default", "frames", "installed", "licence"):
+        t.add_column(col)
+    for r in rows:
+        d, c = r["defaults"], r["constraints"]
+        rid = r["id"] + ("\n[red]RANDOM WEIGHTS[/]" if r["random_weights"] else "")
+        inst = "[green]yes[/]" if r["installed"] else ("built on first use" if r["random_weights"] else "no")
+        t.add_row(rid, ",".join(r["tasks"]), f"{r['weights_gb']:.1f} GB", f"{d['width']}x{d['height']}",
+                  f"{d['frames']} ({c['frame_rule']}, ≤{c['max_frames']})", inst, r["licence"])
+    _console().print(t)
+
+
+@models_app.command("show")
+def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Everything the catalog knows about one model."""
+    from .catalog import get_model
+    from .runtime.store import find, pull_command
+
+    try:
+        m = get_model(model_id)
+    except LocalVideoError as e:
+        _fail(e, as_json)
+    found = find(m)
+    info = m.to_dict() | {"installed": found is not None, "path": str(found.path) if found else None,
+                          "pull": pull_command(m)}
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False))
+        return
+    c = _console()
+    c.print(f"[bold]{m.name}[/] ({m.id}){'  [red]RANDOM WEIGHTS: output is noise[/]' if m.tiny else ''}")
+    c.print(m.description)
+    for key in ("repo", "pipeline", "i2v_pipeline", "family", "tasks", "dtype", "licence", "installed", "path"):
+        c.print(f"  {key:<13}{info[key]}")
+    c.print("  params       " + ", ".join(f"{k} {v / 1e9:.2f} B" if v > 1e7 else f"{k} {v:,}"
+                                          for k, v in info["params"].items()))
+    c.print(f"  weights      {info['weights_gb']} GB in {m.dtype}")
+    c.print(f"  constraints  {info['constraints']}")
+    c.print(f"  defaults     {info['defaults']}")
+    if not found:
+        c.print(f"  install with [bold]{info['pull']}[/]")
+
+
+@models_app.command("pull")
+def models_pull(model_id: str) -> None:
+    """Download a model from the Hugging Face hub into the models folder (tiny models are built locally)."""
+    from .catalog import get_model
+    from .runtime.store import pull
+
+    try:
+        m = get_model(model_id)
+        installed = pull(m)
+    except LocalVideoError as e:
+        _fail(e, False)
+    _console().print(f"[green]{m.id}[/] is installed at {installed.path} ({installed.size_bytes / 1e9:.2f} GB)")
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
+    """What this machine has, and which models fit it at their default settings."""
+    from .catalog import all_models
+    from .errors import LocalVideoError as Err
+    from .hardware import GB, probe
+    from .planner import plan
+    from .request import GenerationRequest
+    from .runtime.store import find
+    from .settings import get_settings
+
+    settings = get_settings()
+    hw = probe(settings.home)
+    fits = []
+    for m in all_models():
+        entry = {"model": m.id, "installed": find(m, settings) is not None, "random_weights": m.tiny}
+        task = "t2v" if "t2v" in m.tasks else m.tasks[0]
+        try:
+            p = plan(GenerationRequest(prompt="doctor", model=m.id, seed=0), m, hw, task=task)
+            entry |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
+                      "peak_gb": round(p.estimate.peak_device_bytes / GB, 1)}
+        except Err as e:
+            entry |= {"fits": False, "reason": e.message}
+        fits.append(entry)
+    if as_json:
+        print(json.dumps({"hardware": hw.to_dict(), "home": str(settings.home), "models": fits}, ensure_ascii=False))
+        return
+    c = _console()
+    c.print(f"[bold]localvideo doctor[/]  home: {settings.home}")
+    c.print(f"  cpu   {hw.cpu_name} ({hw.cpu_count} cores), {hw.platform}")
+    c.print(f"  ram   {hw.ram_available_bytes / GB:.1f} GB available of {hw.ram_total_bytes / GB:.1f} GB")
+    c.print(f"  disk  {hw.disk_free_bytes / GB:.1f} GB free")
+    if hw.gpus:
+        for g in hw.gpus:
+            c.print(f"  gpu   {g.device}: {g.name}, {g.free_bytes / GB:.1f} GB free of {g.total_bytes / GB:.1f} GB")
+    for n in hw.notes:
+        c.print(f"  [yellow]{n}[/]")
+    from rich.table import Table
+
+    t = Table(title="What fits (default settings)")
+    for col in ("model", "installed", "fits", "how / why not"):
+        t.add_column(col)
+    for f in fits:
+        how = (f"{f['strategy']}{' + VAE tiling' if f['vae_tiling'] else ''}, ≈{f['peak_gb']} GB"
+               if f["fits"] else f["reason"])
+        name = f["model"] + (" [red](random)[/]" if f["random_weights"] else "")
+        t.add_row(name, "yes" if f["installed"] else "no", "[green]yes[/]" if f["fits"] else "[red]no[/]", how)
+    c.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("Interrupted; nothing was written.", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""The planner: (request, model spec, hardware) → Plan. Pure: no torch, no I/O.
+
+It snaps frames and sizes to the model's rules (and says what it changed), estimates peak memory for each memory
+strategy from parameter counts × dtype plus activations from the latent token count, picks the fastest strategy
+that fits, and refuses with a reason and a suggestion when nothing does.
+
+The memory model (all figures in bytes; coefficients are deliberately simple and calibrated on GPUs by
+``bench/gpu.py`` when one is available):
+
+- weights: Σ params(component) × bytes(dtype(component))
+- transformer activations: cfg_batch × tokens × (ACT_HIDDEN × hidden + ACT_FFN × ffn) × bytes(dtype)
+  (memory-efficient attention: no tokens² attention matrix)
+- VAE decode activations: frames decoded at once × H × W × decoder_channels × bytes(vae) × VAE_K,
+  or one tile (TILE_PIXELS, TILE_FRAMES) when tiling is on
+- GPU overhead: CUDA context and allocator slack (GPU_OVERHEAD)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+from .catalog import DTYPE_BYTES, ModelSpec
+from .errors import DoesNotFit, InvalidRequest
+from .hardware import GB, Hardware
+from .request import GenerationRequest
+
+ACT_HIDDEN = 8
+ACT_FFN = 2
+VAE_K = 6
+TILE_PIXELS = 256 * 256 * 2  # a tile plus its overlap/blend region
+TILE_FRAMES = 16
+TEXT_ACT_BYTES = int(0.3 * GB)
+GPU_OVERHEAD = int(1.0 * GB)
+HOST_OVERHEAD = int(2.0 * GB)
+VRAM_USABLE = 0.92  # fraction of free VRAM the plan may use
+RAM_USABLE = 0.90
+
+GPU_STRATEGIES = ("resident", "model_offload", "group_offload", "sequential_offload")
+NEEDS_ACCELERATOR = ("model_offload", "sequential_offload")
+
+STRATEGY_TEXT = {
+    "resident": "everything stays on the device (fastest)",
+    "model_offload": "one component on the GPU at a time, the rest in RAM (a little slower)",
+    "group_offload": "transformer blocks streamed from RAM, overlapped with compute (slower, far less VRAM)",
+    "sequential_offload": "every layer moved on demand (slowest, least VRAM)",
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    strategy: str
+    vae_tiling: bool
+    peak_device_bytes: int
+    peak_host_bytes: int
+    weights_bytes: int
+    transformer_activation_bytes: int
+    vae_activation_bytes: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v / GB, 2) if k.endswith("bytes") else v) for k, v in asdict(self).items()} | {
+            "unit": "GB"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    repo: str
+    pipeline: str
+    family: str
+    random_weights: bool
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    steps: int
+    guidance: float
+    seed: int
+    device: str
+    dtype: str
+    strategy: str
+    vae_tiling: bool
+    flow_shift: float | None
+    max_sequence_length: int | None
+    call_kwargs: dict
+    latent_shape: tuple[int, int, int]
+    tokens: int
+    estimate: MemoryEstimate
+    budget_device_bytes: int
+    budget_host_bytes: int
+    notes: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    output: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["estimate"] = self.estimate.to_dict()
+        d["budget_device_gb"] = round(self.budget_device_bytes / GB, 2)
+        d["budget_host_gb"] = round(self.budget_host_bytes / GB, 2)
+        del d["budget_device_bytes"], d["budget_host_bytes"]
+        d["duration_s"] = round(self.duration_s, 3)
+        d["notes"], d["reasons"], d["warnings"] = list(self.notes), list(self.reasons), list(self.warnings)
+        return d
+
+    def explain(self) -> list[str]:
+        e = self.estimate
+        lines = [
+            f"model     {self.model}{'  (RANDOM WEIGHTS: output is noise)' if self.random_weights else ''}",
+            f"video     {self.width}x{self.height}, {self.num_frames} frames at {self.fps:g} fps "
+            f"({self.duration_s:.2f} s), {self.steps} steps, guidance {self.guidance:g}, seed {self.seed}",
+            f"device    {self.device} ({self.dtype})",
+            f"strategy  {self.strategy}{' + VAE tiling' if self.vae_tiling else ''}: {STRATEGY_TEXT[self.strategy]}",
+            f"memory    peak ≈ {e.peak_device_bytes / GB:.1f} GB on {self.device} "
+            f"(budget {self.budget_device_bytes / GB:.1f} GB), host RAM ≈ {e.peak_host_bytes / GB:.1f} GB "
+            f"(budget {self.budget_host_bytes / GB:.1f} GB)",
+            f"latents   {self.latent_shape[0]}x{self.latent_shape[1]}x{self.latent_shape[2]} → {self.tokens} tokens",
+        ]
+        lines += [f"changed   {n}" for n in self.notes]
+        lines += [f"why       {r}" for r in self.reasons]
+        lines += [f"warning   {w}" for w in self.warnings]
+        return lines
+
+
+# -- snapping ---------------------------------------------------------------------------------------------------
+
+def snap_size(value: int, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def snap_frames(spec: ModelSpec, frames: int) -> int:
+    n = spec.frame_rule.snap(frames)
+    while n > spec.max_frames:
+        n -= spec.frame_rule.step
+    return max(1, n)
+
+
+# -- memory -----------------------------------------------------------------------------------------------------
+
+def _act_bytes(spec: ModelSpec, compute_dtype: str) -> int:
+    return DTYPE_BYTES[compute_dtype]
+
+
+def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strategy: str, vae_tiling: bool,
+                    compute_dtype: str | None = None, on_cpu: bool = False) -> MemoryEstimate:
+    geo = spec.geometry
+    dtype = compute_dtype or spec.dtype
+    params = spec.component_params
+
+    def wbytes(c: str) -> int:
+        d = spec.component_dtype(c) if compute_dtype is None else (
+            spec.component_dtypes.get(c) if spec.component_dtypes.get(c) == "float32" else compute_dtype)
+        return params[c] * DTYPE_BYTES[d]
+
+    w = {c: wbytes(c) for c in params}
+    total_w = sum(w.values())
+    tokens = geo.video_tokens(frames, height, width) + geo.text_tokens_joint
+    dit_act = geo.cfg_batch * tokens * (ACT_HIDDEN * spec.hidden_dim + ACT_FFN * spec.ffn_dim) * _act_bytes(spec, dtype)
+    vae_dtype_bytes = DTYPE_BYTES[spec.component_dtype("vae") if compute_dtype is None else
+                                  ("float32" if spec.component_dtypes.get("vae") == "float32" else compute_dtype)]
+    chunk = geo.vae_decode_chunk_frames or frames
+    if vae_tiling:
+        pixels, chunk = min(width * height, TILE_PIXELS), min(chunk, TILE_FRAMES)
+    else:
+        pixels = width * height
+    vae_act = min(chunk, frames) * pixels * geo.vae_decoder_channels * vae_dtype_bytes * VAE_K
+    te_act = 0 if spec.tiny else TEXT_ACT_BYTES
+    encoders = [c for c in w if c.startswith("text_encoder") or c == "image_encoder"]
+    w_te = sum(w[c] for c in encoders)
+    w_tr = sum(v for c, v in w.items() if c.startswith("transformer"))
+    w_vae = w.get("vae", 0)
+    overhead = 0 if on_cpu else GPU_OVERHEAD
+    layers = max(1, spec.num_layers)
+
+    if strategy == "resident":
+        device = total_w + max(dit_act, vae_act, te_act) + overhead
+        host = (total_w + HOST_OVERHEAD) if on_cpu else (max(w.values(), default=0) + HOST_OVERHEAD)
+        if on_cpu:
+            device, host = host + max(dit_act, vae_act, te_act), host + max(dit_act, vae_act, te_act)
+    elif strategy == "model_offload":
+        device = max(w_te + te_act, w_tr + dit_act, w_vae + vae_act) + overhead
+        host = total_w + HOST_OVERHEAD
+    elif strategy == "group_offload":
+        frac = min(1.0, 3 / layers + 0.03)
+        device = max(w_te * min(1.0, 3 / 24 + 0.03) + te_act, w_tr * frac + dit_act, w_vae + vae_act) + overhead
+        host = total_w + HOST_OVERHEAD
+        if on_cpu:
+            device = host = host + max(dit_act, vae_act, te_act)
+    elif strategy == "sequential_offload":
+        frac = min(1.0, 1 / (4 * layers))
+        device = max(w_te * frac + te_act, w_tr * frac + dit_act, w_vae * 0.25 + vae_act) + overhead
+        host = total_w + HOST_OVERHEAD
+    else:
+        raise InvalidRequest(f"Unknown memory strategy '{strategy}'.",
+                             hint=f"Use one of: auto, {', '.join(GPU_STRATEGIES)}.")
+    return MemoryEstimate(strategy, vae_tiling, int(device), int(host), int(total_w), int(dit_act), int(vae_act))
+
+
+# -- the plan ---------------------------------------------------------------------------------------------------
+
+def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: str = "t2v",
+         suggest: bool = True) -> Plan:
+    """Turn a request into a concrete, explained plan for this model on this hardware, or raise."""
+    if not spec.supports(task):
+        raise InvalidRequest(
+            f"{spec.id} does {', '.join(spec.tasks)}, not {task}.",
+            hint="Pick a text-to-video model (see `localvideo models list`)." if task == "t2v" else
+            "Pick a model that supports this task (see `localvideo models list`).",
+        )
+    d = spec.defaults
+    notes: list[str] = []
+    reasons: list[str] = []
+    warnings: list[str] = []
+    if spec.tiny:
+        warnings.append(f"{spec.id} has RANDOM WEIGHTS: the video will be noise. "
+                        f"For a real video pull a model, e.g. `localvideo models pull wan2.1-t2v-1.3b`.")
+
+    # frames
+    frames = request.num_frames if request.num_frames is not None else d.frames
+    if frames > spec.max_frames:
+        raise InvalidRequest(
+            f"{frames} frames is more than {spec.id} can make in one clip (at most {spec.max_frames}, "
+            f"{spec.max_frames / d.fps:.1f} s at {d.fps:g} fps).",
+            hint=f"Ask for {spec.max_frames} frames or fewer.",
+        )
+    snapped = snap_frames(spec, frames)
+    if snapped != frames:
+        notes.append(f"frames {frames} → {snapped} ({spec.id} needs {spec.frame_rule} frames)")
+    frames = snapped
+
+    # size
+    width = request.width if request.width is not None else d.width
+    height = request.height if request.height is not None else d.height
+    if spec.fixed_size:
+        if (width, height) != (d.width, d.height):
+            notes.append(f"size {width}x{height} → {d.width}x{d.height} ({spec.id} only works at its native size)")
+        width, height = d.width, d.height
+    else:
+        w2, h2 = snap_size(width, spec.size_multiple), snap_size(height, spec.size_multiple)
+        if (w2, h2) != (width, height):
+            notes.append(f"size {width}x{height} → {w2}x{h2} ({spec.id} needs multiples of {spec.size_multiple})")
+        width, height = w2, h2
+    if width * height > spec.max_pixels:
+        raise InvalidRequest(
+            f"{width}x{height} is larger than {spec.id} supports (at most {spec.max_pixels:,} pixels per frame).",
+            hint=f"Try its default size {d.width}x{d.height}.",
+        )
+
+    steps = request.steps if request.steps is not None else d.steps
+    guidance = request.guidance if request.guidance is not None else d.guidance
+    fps = request.fps if request.fps is not None else d.fps
+    seed = request.seed if request.seed is not None else random.SystemRandom().randrange(0, 2**32)
+    negative = request.negative_prompt if request.negative_prompt is not None else d.negative_prompt
+    call_kwargs = dict(spec.call_kwargs)
+    ts = call_kwargs.get("timesteps")
+    if ts is not None and steps != len(ts):
+        call_kwargs.pop("timesteps")
+        notes.append(f"custom distilled timesteps dropped: they need exactly {len(ts)} steps, you asked for {steps}")
+
+    # device and strategy
+    gpu = hardware.best_gpu
+    on_cpu = gpu is None
+    if on_cpu:
+        device = "cpu"
+        dtype = "float32" if spec.tiny else "bfloat16"
+        budget_device = budget_host = int(hardware.ram_available_bytes * RAM_USABLE)
+        if not spec.tiny:
+            warnings.append("No GPU: a real model on the CPU takes hours per clip.")
+    else:
+        device = gpu.device
+        dtype = spec.dtype
+        budget_device = int(gpu.free_bytes * VRAM_USABLE)
+        budget_host = int(hardware.ram_available_bytes * RAM_USABLE)
+
+    tiling_options = [request.vae_tiling] if request.vae_tiling is not None else [False, True]
+    if request.strategy != "auto":
+        if on_cpu and request.strategy in NEEDS_ACCELERATOR:
+            raise InvalidRequest(f"The {request.strategy} strategy needs a GPU and this machine has none.",
+                                 hint="Use --strategy auto (or resident / group_offload on the CPU).")
+        candidates = [request.strategy]
+    else:
+        candidates = ["resident"] if on_cpu else list(GPU_STRATEGIES)
+
+    chosen: MemoryEstimate | None = None
+    tried: list[MemoryEstimate] = []
+    for strategy in candidates:
+        for tiling in tiling_options:
+            est = estimate_memory(spec, width, height, frames, strategy, tiling, compute_dtype=dtype, on_cpu=on_cpu)
+            tried.append(est)
+            if est.peak_device_bytes <= budget_device and est.peak_host_bytes <= budget_host:
+                chosen = est
+                break
+        if chosen:
+            break
+
+    if chosen is None and request.strategy != "auto":
+        chosen = tried[-1]
+        warnings.append(f"You forced {request.strategy}; the estimate ({chosen.peak_device_bytes / GB:.1f} GB) is "
+                        f"over the budget ({budget_device / GB:.1f} GB), so it may run out of memory.")
+    if chosen is None:
+        best = min(tried, key=lambda e: e.peak_device_bytes)
+        where = "RAM" if on_cpu else f"GPU memory ({gpu.name})"
+        if best.peak_host_bytes > budget_host and best.peak_device_bytes <= budget_device:
+            why = (f"it needs about {best.peak_host_bytes / GB:.1f} GB of system RAM to hold the offloaded weights, "
+                   f"and {budget_host / GB:.1f} GB is available")
+        else:
+            why = (f"even with {best.strategy}{' and VAE tiling' if best.vae_tiling else ''} it needs about "
+                   f"{best.peak_device_bytes / GB:.1f} GB of {where}, and {budget_device / GB:.1f} GB is usable")
+        raise DoesNotFit(
+            f"{spec.id} at {width}x{height}, {frames} frames does not fit this machine: {why}.",
+            hint=_suggest(spec, width, height, frames, hardware) if suggest else None,
+            model=spec.id,
+        )
+
+    est = chosen
+    if est.strategy == "resident":
+        reasons.append(f"all weights ({est.weights_bytes / GB:.1f} GB) and activations fit in "
+                       f"{budget_device / GB:.1f} GB{' of RAM' if on_cpu else ''}")
+    else:
+        reasons.append(f"resident would need ≈ {tried[0].peak_device_bytes / GB:.1f} GB, more than the "
+                       f"{budget_device / GB:.1f} GB budget; {est.strategy} needs ≈ {est.peak_device_bytes / GB:.1f} GB"
+                       if request.strategy == "auto" else f"{est.strategy} was requested")
+    if est.vae_tiling:
+        reasons.append("VAE tiling " + ("was requested" if request.vae_tiling else
+                       "is on: decoding the whole clip at once would exceed the budget"))
+
+    geo = spec.geometry
+    return Plan(
+        model=spec.id, repo=spec.repo, pipeline=spec.pipeline, family=spec.family, random_weights=spec.tiny,
+        prompt=request.prompt, negative_prompt=negative, width=width, height=height, num_frames=frames, fps=fps,
+        steps=steps, guidance=guidance, seed=seed, device=device, dtype=dtype, strategy=est.strategy,
+        vae_tiling=est.vae_tiling, flow_shift=d.flow_shift, max_sequence_length=spec.max_sequence_length,
+        call_kwargs=call_kwargs, latent_shape=geo.latent_shape(frames, height, width),
+        tokens=geo.video_tokens(frames, height, width), estimate=est, budget_device_bytes=budget_device,
+        budget_host_bytes=budget_host, notes=tuple(notes), reasons=tuple(reasons), warnings=tuple(warnings),
+        output=request.output,
+    )
+
+
+def _suggest(spec: ModelSpec, width: int, height: int, frames: int, hardware: Hardware) -> str:
+    """Find something that would fit: fewer frames, then a smaller size, then another model."""
+    from .catalog import all_models
+
+    def fits(s: ModelSpec, w: int, h: int, f: int) -> bool:
+        req = GenerationRequest(prompt="x", model=s.id, width=w, height=h, num_frames=f, seed=0)
+        try:
+            plan(req, s, hardware, suggest=False)
+            return True
+        except (DoesNotFit, InvalidRequest):
+            return False
+
+    step = spec.frame_rule.step
+    f = frames - step
+    while f >= 1:
+        if fits(spec, width, height, f):
+            return f"Try --frames {f}, or a GPU with more memory."
+        f -= 4 * step
+    w, h = width, height
+    for _ in range(4):
+        w, h = snap_size(int(w * 0.75), spec.size_multiple), snap_size(int(h * 0.75), spec.size_multiple)
+        if fits(spec, w, h, frames):
+            return f"Try --width {w} --height {h}, or a GPU with more memory."
+    others = [s for s in all_models(include_tiny=False) if s.id != spec.id and "t2v" in s.tasks
+              and fits(s, s.defaults.width, s.defaults.height, s.defaults.frames)]
+    if others:
+        smallest = min(others, key=lambda s: s.weights_bytes)
+        return f"Try a smaller model such as {smallest.id}."
+    return "No model in the catalog fits this machine; a GPU with more memory (or more RAM) is needed."

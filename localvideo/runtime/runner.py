@@ -1,0 +1,218 @@
+"""The runner: load a diffusers pipeline, apply the plan's memory strategy, run it with progress and cancellation.
+
+Cancellation raises :class:`~localvideo.errors.Cancelled` from ``callback_on_step_end``, which leaves the
+pipeline before VAE decode (setting ``pipe._interrupt`` would still decode).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..catalog import ModelSpec
+from ..errors import Cancelled, GenerationFailed, InvalidRequest
+from ..planner import NEEDS_ACCELERATOR, Plan
+from .cache import PipelineCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # loading | denoising | decoding | encoding | done
+    step: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"phase": self.phase, "step": self.step, "total": self.total,
+                "elapsed_s": round(self.elapsed_s, 3), "eta_s": None if self.eta_s is None else round(self.eta_s, 3)}
+
+
+ProgressFn = Callable[[Progress], None]
+CancelCheck = Callable[[], bool] | threading.Event | None
+
+
+@dataclass
+class RunOutput:
+    frames: Any  # np.ndarray (F, H, W, 3) float32 in [0, 1]
+    load_s: float
+    denoise_s: float
+    decode_s: float
+    cache_hit: bool
+
+
+def _is_cancelled(cancel: CancelCheck) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _module_bytes(pipe) -> int:
+    import torch
+
+    total = 0
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in comp.parameters())
+            total += sum(b.numel() * b.element_size() for b in comp.buffers())
+    return total
+
+
+def load_pipeline(spec: ModelSpec, path: Path, plan: Plan):
+    """Load the pipeline from a local folder (never the network) with per-component dtypes."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    cls = getattr(diffusers, spec.pipeline, None) or diffusers.DiffusionPipeline
+    dtypes: dict[str, Any] = {"default": _torch_dtype(plan.dtype)}
+    for comp, name in spec.component_dtypes.items():
+        # keep fp32 islands (e.g. Wan's VAE); other overrides follow the plan's dtype on CPU
+        dtypes[comp] = _torch_dtype(name if (name == "float32" or plan.device != "cpu") else plan.dtype)
+    try:
+        pipe = cls.from_pretrained(str(path), dtype=dtypes, local_files_only=True)
+    except OSError as e:
+        raise GenerationFailed(f"Could not load {spec.id} from {path}: {e}",
+                               hint=f"The files may be incomplete; run `localvideo models pull {spec.id}` again.") from e
+    pipe.set_progress_bar_config(disable=True)
+    apply_strategy(pipe, plan)
+    return pipe
+
+
+def apply_strategy(pipe, plan: Plan) -> None:
+    import torch
+
+    device = plan.device
+    on_accel = device != "cpu"
+    if plan.strategy in NEEDS_ACCELERATOR and not on_accel:
+        raise InvalidRequest(f"The {plan.strategy} strategy needs a GPU and this plan runs on the CPU.",
+                             hint="Use --strategy auto.")
+    if plan.strategy == "resident":
+        pipe.to(device)
+    elif plan.strategy == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif plan.strategy == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif plan.strategy == "group_offload":
+        use_stream = device.startswith("cuda") and torch.cuda.is_available()
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                  offload_type="block_level", num_blocks_per_group=1, use_stream=use_stream,
+                                  exclude_modules=["vae"])
+        if hasattr(pipe, "vae"):
+            pipe.vae.to(device)
+    else:
+        raise InvalidRequest(f"Unknown memory strategy '{plan.strategy}'.")
+
+
+def cache_key(spec: ModelSpec, path: Path, plan: Plan) -> tuple:
+    return (spec.id, str(path), plan.dtype, plan.device, plan.strategy)
+
+
+def get_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan):
+    return cache.get_or_load(cache_key(spec, path, plan), lambda: _load_sized(spec, path, plan))
+
+
+def _load_sized(spec: ModelSpec, path: Path, plan: Plan):
+    pipe = load_pipeline(spec, path, plan)
+    return pipe, _module_bytes(pipe)
+
+
+def _configure_for_run(pipe, plan: Plan) -> None:
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        if plan.vae_tiling and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        elif hasattr(vae, "disable_tiling"):
+            vae.disable_tiling()
+    sched = pipe.scheduler
+    if plan.flow_shift is not None:
+        for key in ("flow_shift", "shift"):
+            if key in sched.config and not sched.config.get("use_dynamic_shifting", False):
+                if float(sched.config[key]) != float(plan.flow_shift):
+                    pipe.scheduler = type(sched).from_config(sched.config, **{key: plan.flow_shift})
+                break
+
+
+def call_kwargs(pipe, plan: Plan) -> dict:
+    """Keyword arguments for ``pipe(...)``: the common ones plus those this pipeline class accepts."""
+    import inspect
+
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    kw: dict[str, Any] = {
+        "prompt": plan.prompt,
+        "negative_prompt": plan.negative_prompt or None,
+        "height": plan.height,
+        "width": plan.width,
+        "num_frames": plan.num_frames,
+        "num_inference_steps": plan.steps,
+        "guidance_scale": plan.guidance,
+        "output_type": "np",
+    }
+    if plan.max_sequence_length is not None:
+        kw["max_sequence_length"] = plan.max_sequence_length
+    if "frame_rate" in accepted:
+        kw["frame_rate"] = int(round(plan.fps))
+    kw.update(plan.call_kwargs)
+    return {k: v for k, v in kw.items() if k in accepted}
+
+
+def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
+        cache_hit: bool = False, load_s: float = 0.0) -> RunOutput:
+    """Run the pipeline for this plan. Same plan (and seed) → same frames."""
+    import numpy as np
+    import torch
+
+    _configure_for_run(pipe, plan)
+    kwargs = call_kwargs(pipe, plan)
+    generator = torch.Generator("cpu").manual_seed(plan.seed)
+    t0 = time.perf_counter()
+    last_step = [t0]
+
+    def emit(p: Progress) -> None:
+        if on_progress is not None:
+            on_progress(p)
+
+    def on_step_end(_pipe, i, _t, cb_kwargs):
+        now = time.perf_counter()
+        last_step[0] = now
+        done = i + 1
+        per_step = (now - t0) / done
+        emit(Progress("denoising", done, plan.steps, now - t0, per_step * (plan.steps - done)))
+        if _is_cancelled(cancel):
+            raise Cancelled("Generation cancelled; no video was written.")
+        if done == plan.steps:
+            emit(Progress("decoding", done, plan.steps, now - t0, None))
+        return {}
+
+    if _is_cancelled(cancel):
+        raise Cancelled("Generation cancelled before it started; no video was written.")
+    emit(Progress("denoising", 0, plan.steps, 0.0, None))
+    with torch.inference_mode():
+        out = pipe(generator=generator, callback_on_step_end=on_step_end,
+                   callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+    t1 = time.perf_counter()
+    frames = out.frames
+    frames = frames[0] if isinstance(frames, (list, tuple)) or getattr(frames, "ndim", 0) == 5 else frames
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise GenerationFailed(f"The pipeline returned frames of shape {frames.shape}, expected (F, H, W, 3).")
+    if not np.isfinite(frames).all():
+        raise GenerationFailed("The pipeline produced NaN/Inf pixels; no video was written.",
+                               hint="Try another dtype (e.g. float32 VAE) or fewer steps; report the plan if it repeats.")
+    return RunOutput(frames=frames, load_s=load_s, denoise_s=last_step[0] - t0, decode_s=t1 - last_step[0],
+                     cache_hit=cache_hit)

@@ -1,0 +1,50 @@
+"""Where localvideo keeps its state. Everything lives under one folder, ``LOCALVIDEO_HOME``.
+
+Layout under home: ``models/`` (downloaded weights), ``tiny/`` (locally built random-weight test models),
+``outputs/`` (videos), later ``jobs.db``. Each sub-folder can be overridden on its own with
+``LOCALVIDEO_MODELS_DIR`` etc., but pointing ``LOCALVIDEO_HOME`` elsewhere moves all of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "localvideo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOCALVIDEO_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    models_dir: Path | None = None
+    tiny_dir: Path | None = None
+    outputs_dir: Path | None = None
+    # Also look for weights in the Hugging Face cache (HF_HOME / HF_HUB_CACHE) when they are not in models_dir.
+    use_hf_cache: bool = True
+    # Memory budget for pipelines kept warm in one process (GB of host RAM / VRAM). None = derived from hardware.
+    cache_budget_gb: float | None = None
+
+    @property
+    def models(self) -> Path:
+        return Path(self.models_dir) if self.models_dir else self.home / "models"
+
+    @property
+    def tiny(self) -> Path:
+        return Path(self.tiny_dir) if self.tiny_dir else self.home / "tiny"
+
+    @property
+    def outputs(self) -> Path:
+        return Path(self.outputs_dir) if self.outputs_dir else self.home / "outputs"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment now (not cached, so tests and users can change them)."""
+    return Settings()

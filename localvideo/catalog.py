@@ -39,7 +39,11 @@ DIFFUSERS_IGNORE = ["*.bin", "*.pth", "*.pt", "*.ckpt", "*.gguf", "*.msgpack", "
 
 @dataclass(frozen=True)
 class FrameRule:
-    """Valid frame counts are ``step * k + 1`` (k ≥ 0), e.g. 4k+1 for Wan, 8k+1 for LTX, 6k+1 for Mochi."""
+    """Valid frame counts are ``step * k + 1`` (k ≥ 0), e.g. 4k+1 for Wan, 8k+1 for LTX, 6k+1 for Mochi.
+
+    CogVideoX 1.0 compresses time 4x, but its VAE decodes latent frames in pairs after an odd first batch, so an
+    even latent count (e.g. 13 frames → 4 latents) comes back as 16 frames: only 8k+1 (49 = 8*6+1) is exact.
+    """
 
     step: int
 
@@ -115,7 +119,8 @@ class ModelSpec:
     allow_patterns: tuple[str, ...] = tuple(DIFFUSERS_ALLOW)
     ignore_patterns: tuple[str, ...] = tuple(DIFFUSERS_IGNORE)
     tiny: bool = False
-    tiny_params: dict[str, int] = field(default_factory=dict)
+    tiny_params: dict[str, int] = field(default_factory=dict)  # measured from the built tiny pipeline (tested)
+    tiny_hidden: int = 0
 
     # -- derived from the vendored configs -------------------------------------------------------------------
     @property
@@ -155,7 +160,7 @@ class ModelSpec:
     @property
     def hidden_dim(self) -> int:
         if self.tiny:
-            return 64
+            return self.tiny_hidden
         cfg = self.transformer_config
         return int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"])
 
@@ -294,7 +299,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="cogvideox-2b", name="CogVideoX 2B", repo="THUDM/CogVideoX-2b",
         pipeline="CogVideoXPipeline", family="cogvideox", tasks=("t2v",), dtype="float16",
-        frame_rule=FrameRule(4), size_multiple=16, max_frames=49, max_pixels=720 * 480,
+        frame_rule=FrameRule(8), size_multiple=16, max_frames=49, max_pixels=720 * 480,
         defaults=Defaults(720, 480, 49, 50, 6.0, 8),
         geometry=_COG, licence="apache-2.0", config_dir="THUDM/CogVideoX-2b", max_sequence_length=226,
         description="CogVideoX 1.0 2B (fp16): 6 s at 8 fps, 720x480.",
@@ -302,7 +307,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="cogvideox-5b", name="CogVideoX 5B", repo="THUDM/CogVideoX-5b",
         pipeline="CogVideoXPipeline", family="cogvideox", tasks=("t2v",), dtype="bfloat16",
-        frame_rule=FrameRule(4), size_multiple=16, max_frames=49, max_pixels=720 * 480,
+        frame_rule=FrameRule(8), size_multiple=16, max_frames=49, max_pixels=720 * 480,
         defaults=Defaults(720, 480, 49, 50, 6.0, 8),
         geometry=_COG, licence="cogvideox-license (see the model card)", config_dir="THUDM/CogVideoX-5b",
         max_sequence_length=226, description="CogVideoX 1.0 5B (bf16): 6 s at 8 fps, 720x480.",
@@ -310,7 +315,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="cogvideox-5b-i2v", name="CogVideoX 5B I2V", repo="THUDM/CogVideoX-5b-I2V",
         pipeline="CogVideoXImageToVideoPipeline", i2v_pipeline="CogVideoXImageToVideoPipeline", family="cogvideox",
-        tasks=("i2v",), dtype="bfloat16", frame_rule=FrameRule(4), size_multiple=16, max_frames=49,
+        tasks=("i2v",), dtype="bfloat16", frame_rule=FrameRule(8), size_multiple=16, max_frames=49,
         max_pixels=720 * 480, fixed_size=True, defaults=Defaults(720, 480, 49, 50, 6.0, 8),
         geometry=_COG, licence="cogvideox-license (see the model card)", config_dir="THUDM/CogVideoX-5b-I2V",
         max_sequence_length=226,
@@ -340,7 +345,7 @@ MODELS: tuple[ModelSpec, ...] = (
         max_pixels=256 * 256, defaults=Defaults(128, 128, 17, 4, 5.0, 16, flow_shift=3.0),
         geometry=Geometry(8, 4, 16, (1, 2, 2), cfg_batch=1, vae_decoder_channels=3, vae_decode_chunk_frames=4),
         licence="none (random weights)", tiny=True,
-        tiny_params={"transformer": 1, "vae": 1, "text_encoder": 1},
+        tiny_params={"transformer": 28328, "vae": 13861, "text_encoder": 29344}, tiny_hidden=24,
         description="A real WanPipeline with random weights, built on this machine. Output is noise.",
     ),
     ModelSpec(
@@ -349,17 +354,17 @@ MODELS: tuple[ModelSpec, ...] = (
         max_pixels=256 * 256, defaults=Defaults(128, 128, 17, 4, 3.0, 24),
         geometry=Geometry(8, 8, 8, (1, 1, 1), cfg_batch=2, vae_decoder_channels=8),
         licence="none (random weights)", tiny=True,
-        tiny_params={"transformer": 1, "vae": 1, "text_encoder": 1},
+        tiny_params={"transformer": 35464, "vae": 86588, "text_encoder": 26944}, tiny_hidden=32,
         description="A real LTXPipeline with random weights, built on this machine. Output is noise.",
     ),
     ModelSpec(
         id="tiny-cogvideox", name="Tiny CogVideoX (random weights)", repo="local:tiny-cogvideox",
-        pipeline="CogVideoXPipeline", family="cogvideox", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(4),
+        pipeline="CogVideoXPipeline", family="cogvideox", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(8),
         size_multiple=16, max_frames=33, max_pixels=256 * 256, defaults=Defaults(128, 128, 9, 4, 6.0, 8),
-        geometry=Geometry(8, 4, 4, (1, 2, 2), text_tokens_joint=16, cfg_batch=2, vae_decoder_channels=8,
+        geometry=Geometry(8, 4, 4, (1, 2, 2), text_tokens_joint=226, cfg_batch=2, vae_decoder_channels=8,
                           vae_decode_chunk_frames=8),
-        licence="none (random weights)", tiny=True, max_sequence_length=16,
-        tiny_params={"transformer": 1, "vae": 1, "text_encoder": 1},
+        licence="none (random weights)", tiny=True, max_sequence_length=226,
+        tiny_params={"transformer": 16408, "vae": 65195, "text_encoder": 26944}, tiny_hidden=32,
         description="A real CogVideoXPipeline with random weights, built on this machine. Output is noise.",
     ),
 )

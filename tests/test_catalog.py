@@ -16,9 +16,9 @@ REQUIRED = {
     "wan2.2-ti2v-5b": ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "WanPipeline", 4, 32),
     "ltx-video-2b": ("Lightricks/LTX-Video-0.9.5", "LTXPipeline", 8, 32),
     "ltx-video-13b": ("Lightricks/LTX-Video-0.9.8-13B-distilled", "LTXConditionPipeline", 8, 32),
-    "cogvideox-2b": ("THUDM/CogVideoX-2b", "CogVideoXPipeline", 4, 16),
-    "cogvideox-5b": ("THUDM/CogVideoX-5b", "CogVideoXPipeline", 4, 16),
-    "cogvideox-5b-i2v": ("THUDM/CogVideoX-5b-I2V", "CogVideoXImageToVideoPipeline", 4, 16),
+    "cogvideox-2b": ("THUDM/CogVideoX-2b", "CogVideoXPipeline", 8, 16),  # 4x VAE, but only 8k+1 decodes exactly
+    "cogvideox-5b": ("THUDM/CogVideoX-5b", "CogVideoXPipeline", 8, 16),
+    "cogvideox-5b-i2v": ("THUDM/CogVideoX-5b-I2V", "CogVideoXImageToVideoPipeline", 8, 16),
     "hunyuanvideo": ("hunyuanvideo-community/HunyuanVideo", "HunyuanVideoPipeline", 4, 16),
     "mochi-1": ("genmo/mochi-1-preview", "MochiPipeline", 6, 16),
 }
@@ -105,3 +105,23 @@ def test_parameter_counts_match_architectures_built_on_meta_device(model_id):
         counted = _build_on_meta(cls_name, cfg)
         if component in ("transformer",) or component.startswith("text_encoder") or component == "vae":
             assert counted == pytest.approx(expected, rel=0.002), (model_id, component, counted, expected)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-wan", "tiny-ltx", "tiny-cogvideox"])
+def test_tiny_entries_match_the_pipelines_actually_built(model_id):
+    import torch
+
+    from localvideo.runtime.tiny import TINY_GEOMETRY, make_tiny_pipeline
+
+    m = get_model(model_id)
+    geo = TINY_GEOMETRY[m.family]
+    assert (m.size_multiple, m.geometry.vae_spatial, m.geometry.vae_temporal, m.geometry.latent_channels,
+            m.geometry.patch, m.pipeline) == (geo["size_multiple"], geo["vae_spatial"], geo["vae_temporal"],
+                                              geo["latent_channels"], tuple(geo["patch_size"]), geo["pipeline"])
+    assert m.frame_rule.step == geo["frame_step"]
+    pipe = make_tiny_pipeline(m.family)
+    counted = {k: sum(p.numel() for p in v.parameters()) for k, v in pipe.components.items()
+               if isinstance(v, torch.nn.Module)}
+    assert counted == m.component_params
+    t = pipe.transformer.config
+    assert m.hidden_dim == t["num_attention_heads"] * t["attention_head_dim"]

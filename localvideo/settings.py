@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     use_hf_cache: bool = True
     # Memory budget for pipelines kept warm in one process (GB of host RAM / VRAM). None = derived from hardware.
     cache_budget_gb: float | None = None
+    # -- job service and REST API (localvideo serve) --
+    jobs_db_path: Path | None = None  # SQLite job store; default <home>/jobs.db
+    workers: int | None = None  # job worker threads; None = one per GPU, or one on a CPU-only machine
+    api_token: str | None = None  # required (Authorization: Bearer) whenever the API binds a non-loopback address
+    api_cors_origins: list[str] = Field(default_factory=list)  # CORS allow-list; empty = CORS off
+    api_max_body_bytes: int = 1_000_000  # JSON request bodies
+    api_max_upload_bytes: int = 20_000_000  # image uploads (bytes on the wire)
+    api_max_upload_pixels: int = 40_000_000  # image uploads (width x height), refuses decompression bombs
 
     @property
     def models(self) -> Path:
@@ -43,6 +51,10 @@ class Settings(BaseSettings):
     @property
     def outputs(self) -> Path:
         return Path(self.outputs_dir) if self.outputs_dir else self.home / "outputs"
+
+    @property
+    def jobs_db(self) -> Path:
+        return Path(self.jobs_db_path) if self.jobs_db_path else self.home / "jobs.db"
 
 
 def get_settings() -> Settings:

@@ -80,7 +80,7 @@ def prepare(request: GenerationRequest, hardware: Hardware | None = None,
 def output_path_for(plan: Plan, settings: Settings) -> Path:
     if plan.output:
         p = Path(plan.output).expanduser()
-        if p.is_dir():
+        if p.is_dir() or plan.output.endswith(("/", "\\")) or not p.suffix:  # a folder (existing or to be made)
             p = p / _default_name(plan)
         return p
     p = settings.outputs / _default_name(plan)

@@ -1,0 +1,151 @@
+"""The ``/v1`` routes. Thin: parse, call :class:`~localvideo.jobs.service.JobService`, shape the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..errors import InvalidRequest, LocalVideoError
+from ..jobs.models import JobState
+from ..jobs.service import MAX_PAGE, JobService
+from ..media.upload import check_image
+from ..request import GenerationRequest
+from .auth import Unauthorized, token_matches
+from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, SystemOut
+from .sse import job_events
+
+UPLOAD_I2V = "/v1/jobs/image-to-video"
+
+
+class NotAvailable(LocalVideoError):
+    code = "not_implemented"
+
+
+def service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+def require_token(request: Request) -> None:
+    token = request.app.state.token
+    if token and not token_matches(request.headers.get("authorization"), token):
+        raise Unauthorized("A valid API token is required.", hint="Send the header Authorization: Bearer <token>.")
+
+
+Svc = Annotated[JobService, Depends(service)]
+E = {"model": ErrorBody}
+COMMON = {401: E, 404: E, 422: E}
+
+public = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses={401: E})
+
+
+@public.get("/health", response_model=Health, tags=["system"])
+def health() -> Health:
+    """Liveness: answers without a token and says nothing about the machine."""
+    return Health(status="ok", version=__version__)
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={409: E, 413: E, 415: E, 422: E, 503: E})
+def create_job(body: JobCreate, svc: Svc) -> JobOut:  # type: ignore[valid-type]
+    """Queue a text-to-video job. Planned at once: a request that can never run is refused here (422/409)."""
+    return JobOut.of(svc.submit(**body.model_dump(exclude_unset=True)))  # type: ignore[attr-defined]
+
+
+@router.post(UPLOAD_I2V, status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={413: E, 415: E, 422: E, 501: E})
+async def create_image_job(request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG or WebP")],
+                           params: Annotated[str, Form(max_length=20000, description="Job fields as JSON")] = "{}",
+                           ) -> JobOut:
+    """Image-to-video: the upload is checked (bytes, pixels, content), then the job is queued."""
+    settings = request.app.state.service.settings
+    data = await image.read(settings.api_max_upload_bytes + 1)
+    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
+                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
+    try:
+        fields = json.loads(params)
+    except ValueError:
+        raise InvalidRequest("params must be a JSON object of job fields.") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("params must be a JSON object of job fields.")
+    if "image" not in GenerationRequest.model_fields:
+        raise NotAvailable(f"Image-to-video is not available yet: the image ({checked.width}×{checked.height} "
+                           f"{checked.format}) is valid, but the generation layer cannot take an image.",
+                           hint="Use POST /v1/jobs for text-to-video.")
+    raise NotAvailable("Image-to-video is not wired into the job service yet.")  # pragma: no cover
+
+
+@router.get("/jobs", response_model=JobPageOut, tags=["jobs"], responses=COMMON)
+def list_jobs(svc: Svc, state: Annotated[list[JobState] | None, Query(description="Filter (repeatable)")] = None,
+              limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+              offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> JobPageOut:
+    """Jobs, newest first."""
+    page = svc.list(state, limit, offset)
+    return JobPageOut(jobs=[JobOut.of(j) for j in page.jobs], total=page.total, limit=page.limit,
+                      offset=page.offset, next_offset=page.next_offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=COMMON)
+def get_job(job_id: str, svc: Svc) -> JobOut:
+    return JobOut.of(svc.get(job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={**COMMON, 409: E})
+def cancel_job(job_id: str, svc: Svc) -> JobOut:
+    """A queued job is cancelled at once; a running one stops before decoding (watch its events)."""
+    return JobOut.of(svc.cancel(job_id))
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={**COMMON, 409: E})
+def retry_job(job_id: str, svc: Svc) -> JobOut:
+    """Queue a failed, cancelled or interrupted job again (same request, same seed)."""
+    return JobOut.of(svc.retry(job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204, tags=["jobs"], responses={**COMMON, 409: E})
+def delete_job(job_id: str, svc: Svc) -> Response:
+    """Forget a job and delete its files (cancel a running job first)."""
+    svc.delete(job_id)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse, responses={
+    **COMMON, 200: {"description": "Server-Sent Events, each `data` a job", "content": {"text/event-stream": {}}}})
+async def job_event_stream(job_id: str, request: Request) -> StreamingResponse:
+    svc: JobService = request.app.state.service
+    await run_in_threadpool(svc.get, job_id)  # 404 before the stream starts
+    return StreamingResponse(job_events(svc, job_id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.api_route("/jobs/{job_id}/video", methods=["GET", "HEAD"], tags=["jobs"], response_class=FileResponse,
+                  responses={**COMMON, 200: {"description": "The MP4 (HTTP range requests supported)",
+                                             "content": {"video/mp4": {}}}, 206: {"description": "Partial content"}})
+def job_video(job_id: str, svc: Svc) -> FileResponse:
+    return FileResponse(svc.video_path(job_id), media_type="video/mp4", filename=f"localvideo-{job_id}.mp4",
+                        content_disposition_type="inline")
+
+
+@router.api_route("/jobs/{job_id}/thumbnail", methods=["GET", "HEAD"], tags=["jobs"], response_class=FileResponse,
+                  responses={**COMMON, 200: {"description": "First frame, JPEG", "content": {"image/jpeg": {}}}})
+def job_thumbnail(job_id: str, svc: Svc) -> FileResponse:
+    return FileResponse(svc.thumbnail_path(job_id), media_type="image/jpeg")
+
+
+@router.get("/models", response_model=list[ModelOut], tags=["system"])
+def list_models(svc: Svc) -> list[ModelOut]:
+    """Every model, with install state and whether it fits this machine at default settings."""
+    return [ModelOut(**m) for m in svc.models()]
+
+
+@router.get("/system", response_model=SystemOut, tags=["system"])
+def system(request: Request, svc: Svc) -> SystemOut:
+    return SystemOut(**svc.system(), auth_required=bool(request.app.state.token),
+                     cors_origins=list(request.app.state.cors_origins))

@@ -1,0 +1,94 @@
+"""Request and response bodies of the REST API. Job fields are the Python API's (:class:`GenerationRequest`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..jobs.models import Job
+from ..request import MAX_PROMPT_CHARS, GenerationRequest
+
+# Every GenerationRequest field except ``output``: the service chooses where files go, clients never send paths.
+_fields: dict[str, Any] = {name: (f.annotation, f) for name, f in GenerationRequest.model_fields.items()
+                           if name != "output"}
+_fields["prompt"] = (str, Field(min_length=1, max_length=MAX_PROMPT_CHARS,
+                                description="What the video shows.", examples=["a red fox trotting through snow"]))
+_fields["model"] = (str, Field(default="wan2.1-t2v-1.3b", max_length=200, description="Model id (GET /v1/models)."))
+
+JobCreate = create_model(
+    "JobCreate",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "description": "A text-to-video job. Omitted fields take the model's defaults; the seed is pinned at submit."}),
+    **_fields,
+)
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    video: str | None = None
+    thumbnail: str | None = None
+
+
+class JobOut(Job):
+    links: JobLinks
+
+    @classmethod
+    def of(cls, job: Job) -> "JobOut":
+        base = f"/v1/jobs/{job.id}"
+        done = job.state == "succeeded"
+        thumb = done and job.result is not None and job.result.has_thumbnail
+        return cls(**job.model_dump(), links=JobLinks(self=base, events=f"{base}/events",
+                                                      video=f"{base}/video" if done else None,
+                                                      thumbnail=f"{base}/thumbnail" if thumb else None))
+
+
+class JobPageOut(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ErrorBody(BaseModel):
+    """Every error answers with this body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="A stable code: invalid_request, not_found, conflict, unauthorized, …")
+    message: str = Field(description="One sentence for a person.")
+    hint: str | None = Field(default=None, description="What to do next.")
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    family: str
+    tasks: list[str]
+    random_weights: bool
+    licence: str
+    weights_gb: float
+    installed: bool
+    built_on_first_use: bool
+    pull_command: str | None
+    fits: bool
+    strategy: str | None
+    vae_tiling: bool | None
+    peak_gb: float | None
+    reason: str | None
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class SystemOut(BaseModel):
+    version: str
+    hardware: dict[str, Any]
+    workers: list[dict[str, Any]]
+    queue: dict[str, int]
+    auth_required: bool
+    cors_origins: list[str]

@@ -1,0 +1,139 @@
+"""What a job is: an id, a request, and one state out of an explicit union, with progress, result or error.
+
+States and the only transitions allowed between them::
+
+    queued ──► running ──► succeeded
+      │           ├──────► failed ──────┐
+      │           ├──────► cancelled ───┤
+      │           └──────► interrupted ─┤  (the process died or stopped while it ran)
+      └──► cancelled                    └──► queued   (retry)
+
+The store enforces these with conditional updates, so two threads can never move one job two ways.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import LocalVideoError
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JobKind = Literal["text-to-video"]
+Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "done"]
+
+STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+RETRYABLE: frozenset[str] = frozenset({"failed", "cancelled", "interrupted"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "interrupted"}),
+    "succeeded": frozenset(),
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+    "interrupted": frozenset({"queued"}),
+}
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+VIDEO_NAME = "video.mp4"
+THUMBNAIL_NAME = "thumbnail.jpg"
+
+
+def valid_job_id(job_id: object) -> bool:
+    """Job ids are 32 lowercase hex digits (uuid4); anything else (paths, dots, slashes) is never a job."""
+    return isinstance(job_id, str) and bool(_ID.match(job_id))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobProgress(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase
+    step: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+
+class JobError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    error: str  # a code: invalid_request, does_not_fit, generation_failed, interrupted, …
+    message: str
+    hint: str | None = None
+
+
+class JobResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bytes: int
+    frames: int
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    seed: int
+    model: str
+    random_weights: bool
+    strategy: str
+    has_thumbnail: bool
+    timings: dict[str, float]
+    notes: list[str] = []
+    warnings: list[str] = []
+
+
+class Job(BaseModel):
+    """One job as the service, the API and the SDKs see it. ``request`` uses the Python API's field names."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: JobKind = "text-to-video"
+    state: JobState
+    request: dict[str, Any]
+    progress: JobProgress | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    version: int = 0  # bumps on every change; SSE event ids
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class JobNotFound(LocalVideoError):
+    code = "not_found"
+
+    def __init__(self, job_id: object) -> None:
+        shown = job_id if isinstance(job_id, str) and len(job_id) <= 64 else "that id"
+        super().__init__(f"There is no job {shown!r}." if shown != "that id" else "There is no job with that id.",
+                         hint="List jobs with GET /v1/jobs or `Client.list()`.")
+
+
+class JobConflict(LocalVideoError):
+    """The job exists but is in a state where the operation makes no sense (e.g. retrying a running job)."""
+
+    code = "conflict"
+
+
+class ServiceUnavailable(LocalVideoError):
+    code = "unavailable"

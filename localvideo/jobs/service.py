@@ -1,0 +1,392 @@
+"""The job service: the one thing the CLI, the REST API, the UI and the SDKs (through the API) call.
+
+``submit`` validates and plans a request at once (a request that can never run is refused there, with the same typed
+errors as :func:`localvideo.generate`), pins its seed, and queues it in the SQLite store. Worker threads (one per GPU,
+or one on a CPU-only machine; see :mod:`localvideo.jobs.worker`) take jobs in order and run them with the process-wide
+warm pipeline cache. Every change is written to the store first and then published to subscribers (SSE streams).
+
+One service owns a job database at a time (an OS file lock, released when the process dies). On start, jobs that
+were ``running`` when the previous process died become ``interrupted``, their partial files are removed, and they can
+be retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequest, ModelNotInstalled
+from ..hardware import Hardware
+from ..request import GenerationRequest
+from ..settings import Settings, get_settings
+from .events import EventHub, Subscription
+from .models import (RETRYABLE, STATES, THUMBNAIL_NAME, VIDEO_NAME, Job, JobConflict, JobError, JobNotFound, JobPage,
+                     JobProgress, JobResult, ServiceUnavailable, utcnow, valid_job_id)
+from .store import JobStore, SQLiteJobStore
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 200
+HARDWARE_TTL_S = 5.0
+
+
+class _ProcessLock:
+    """An exclusive advisory lock on ``<db>.lock``; the OS drops it when the process dies, however it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one server per home is the user's responsibility
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ServiceUnavailable(f"Another localvideo job service is already using {self.path.parent}.",
+                                     hint="Stop it first, or point LOCALVIDEO_HOME at another folder.") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+class JobService:
+    def __init__(self, settings: Settings | None = None, store: JobStore | None = None,
+                 hardware: Hardware | None = None, workers: int | None = None) -> None:
+        """``hardware`` pins the machine description (tests, planning for a known box); default: probe it.
+
+        ``workers``: number of worker threads (default: ``settings.workers``, else one per GPU or one on CPU)."""
+        self.settings = settings or get_settings()
+        self.store: JobStore = store if store is not None else SQLiteJobStore(self.settings.jobs_db)
+        self.events = EventHub()
+        self._fixed_hardware = hardware
+        self._hw: tuple[float, Hardware] | None = None
+        self._hw_lock = threading.Lock()
+        self._n_workers = workers if workers is not None else self.settings.workers
+        self._lock = threading.RLock()  # claim ↔ cancel ↔ delete
+        self._wake = threading.Condition()
+        self._running: dict[str, threading.Event] = {}
+        self._workers: list = []
+        self._stopping = threading.Event()
+        self._started = False
+        self._plock = _ProcessLock(Path(str(self.settings.jobs_db) + ".lock"))
+        self.recovered: list[Job] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> "JobService":
+        """Take the database, recover jobs a dead process left running, and start the workers (in the background:
+        counting GPUs may import torch)."""
+        if self._started:
+            return self
+        self._plock.acquire()
+        err = JobError(error="interrupted", message="The server stopped while this job was running; no video was "
+                                                    "written.", hint="Retry it.")
+        self.recovered = self.store.interrupt_running(err)
+        for job in self.recovered:
+            self._clean_dir(job.id)
+            log.warning("job %s was running when the previous server stopped; it is now interrupted", job.id)
+        self._started = True
+        threading.Thread(target=self._start_workers, name="localvideo-jobs-start", daemon=True).start()
+        return self
+
+    def _start_workers(self) -> None:
+        from .worker import Worker
+
+        try:
+            hw = self.hardware()
+        except Exception:  # noqa: BLE001 - a probe failure must not leave the queue without workers
+            log.exception("hardware probe failed; starting one CPU worker")
+            hw = Hardware()
+        n = self._n_workers if self._n_workers is not None else max(1, len(hw.gpus))
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            for i in range(n):
+                gpu = hw.gpus[i % len(hw.gpus)].index if hw.gpus else None
+                w = Worker(self, f"worker-{i}", gpu)
+                self._workers.append(w)
+                w.start()
+        log.info("job service: %d worker(s) on %s", n, [w.device for w in self._workers])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job is cancelled and marked ``interrupted`` (retry it after restart)."""
+        if not self._started:
+            return
+        self._stopping.set()
+        with self._lock:
+            for ev in self._running.values():
+                ev.set()
+            workers = list(self._workers)
+        with self._wake:
+            self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+        self.events.close()
+        self._plock.release()
+        self._started = False
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the public surface ----------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest | dict | None = None, **fields: Any) -> Job:
+        """Validate, plan and queue a text-to-video job. Raises InvalidRequest / UnknownModel / DoesNotFit /
+        ModelNotInstalled at once rather than queueing a job that cannot run."""
+        from ..catalog import get_model
+        from ..planner import plan as make_plan
+        from ..runtime.store import find, pull_command
+
+        if self.stopping:
+            raise ServiceUnavailable("The job service is shutting down.", hint="Submit again after it restarts.")
+        if isinstance(request, GenerationRequest):
+            request = request.model_dump()
+        data = {**(request or {}), **fields}
+        if data.get("output") is not None:
+            raise InvalidRequest("Jobs choose their own output file (under the outputs folder, by job id).",
+                                 hint="Leave output out; download the video by job id.")
+        req = GenerationRequest.parse(**data)
+        spec = get_model(req.model)
+        plan = make_plan(req, spec, self.hardware())
+        if not spec.tiny and find(spec, self.settings) is None:
+            raise ModelNotInstalled(f"{spec.id} is not installed on this machine.",
+                                    hint=f"Download it with: {pull_command(spec)}", model=spec.id,
+                                    command=pull_command(spec))
+        stored = req.model_dump(exclude={"output"})
+        stored["seed"] = plan.seed  # pinned now, so a retry makes the same video
+        job = self.store.insert(Job(id=uuid.uuid4().hex, state="queued", request=stored, created_at=utcnow(),
+                                    progress=JobProgress(phase="queued")))
+        self._publish(job)
+        with self._wake:
+            self._wake.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id) if valid_job_id(job_id) else None
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list(self, states: Iterable[str] | None = None, limit: int = 50, offset: int = 0) -> JobPage:
+        states = list(states or [])
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise InvalidRequest(f"Unknown job state {bad[0]!r}.", hint=f"Use one of: {', '.join(STATES)}.")
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}.")
+        if offset < 0:
+            raise InvalidRequest(f"offset must be 0 or more, got {offset}.")
+        jobs, total = self.store.list(states or None, limit, offset)
+        nxt = offset + len(jobs)
+        return JobPage(jobs=jobs, total=total, limit=limit, offset=offset, next_offset=nxt if nxt < total else None)
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued → cancelled now. Running → the worker stops at the next step, before decoding; the job becomes
+        ``cancelled`` and no file is written. Cancelling a cancelled job is a no-op."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state == "queued":
+                done = self.store.transition(job_id, ["queued"], "cancelled", finished_at=utcnow(), progress=None,
+                                             error=JobError(error="cancelled", message="Cancelled before it started."))
+                if done is not None:
+                    self._publish(done)
+                    return done
+                job = self.get(job_id)
+            if job.state == "running":
+                ev = self._running.get(job_id)
+                if ev is not None:
+                    ev.set()
+                marked = self.store.request_cancel(job_id)
+                if marked is not None:
+                    self._publish(marked)
+                    return marked
+                job = self.get(job_id)
+        if job.state == "cancelled":
+            return job
+        raise JobConflict(f"Job {job_id} already {job.state}; there is nothing to cancel.",
+                          hint="Delete it instead if you want it gone.", state=job.state)
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed, cancelled or interrupted job again (same id, same request and seed)."""
+        job = self.get(job_id)
+        with self._lock:
+            self._clean_dir(job_id)
+            again = self.store.transition(job_id, RETRYABLE, "queued", progress=JobProgress(phase="queued"),
+                                          result=None, error=None, started_at=None, finished_at=None,
+                                          cancel_requested=False)
+        if again is None:
+            job = self.get(job_id)
+            raise JobConflict(f"Job {job_id} is {job.state}; only failed, cancelled or interrupted jobs can be "
+                              "retried.", state=job.state)
+        self._publish(again)
+        with self._wake:
+            self._wake.notify_all()
+        return again
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job and delete its files. A running job must be cancelled first."""
+        job = self.get(job_id)
+        with self._lock:
+            gone = self.store.delete(job_id, [s for s in STATES if s != "running"])
+            if gone:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                return
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        raise JobConflict(f"Job {job_id} is running; cancel it before deleting it.", state=job.state)
+
+    def subscribe(self, job_id: str | None = None, loop=None) -> Subscription:
+        return self.events.subscribe(job_id, loop)
+
+    def job_dir(self, job_id: str) -> Path:
+        if not valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        return self.settings.outputs / job_id
+
+    def video_path(self, job_id: str) -> Path:
+        return self._artifact(job_id, VIDEO_NAME, "video")
+
+    def thumbnail_path(self, job_id: str) -> Path:
+        return self._artifact(job_id, THUMBNAIL_NAME, "thumbnail")
+
+    def _artifact(self, job_id: str, name: str, what: str) -> Path:
+        job = self.get(job_id)
+        path = self.job_dir(job_id) / name
+        if job.state != "succeeded" or not path.is_file():
+            raise JobNotFound(job_id) if job.state == "succeeded" else _no_file(job, what)
+        return path
+
+    # -- machine facts ---------------------------------------------------------------------------------------
+    def hardware(self) -> Hardware:
+        if self._fixed_hardware is not None:
+            return self._fixed_hardware
+        from ..hardware import probe
+
+        with self._hw_lock:
+            now = time.monotonic()
+            if self._hw is None or now - self._hw[0] > HARDWARE_TTL_S:
+                self._hw = (now, probe(self.settings.home))
+            return self._hw[1]
+
+    def hardware_for(self, gpu_index: int | None) -> Hardware:
+        hw = self.hardware()
+        if gpu_index is None:
+            return hw
+        return replace(hw, gpus=tuple(g for g in hw.gpus if g.index == gpu_index))
+
+    def models(self) -> list[dict]:
+        """Every catalog model with its install state and whether it fits this machine at default settings."""
+        from ..catalog import all_models
+        from ..errors import LocalVideoError
+        from ..hardware import GB
+        from ..planner import plan as make_plan
+        from ..runtime.store import find, pull_command
+
+        hw = self.hardware()
+        rows = []
+        for m in all_models():
+            found = find(m, self.settings)
+            row: dict[str, Any] = {
+                "id": m.id, "name": m.name, "family": m.family, "tasks": list(m.tasks), "random_weights": m.tiny,
+                "licence": m.licence, "weights_gb": round(m.weights_bytes / GB, 2),
+                "installed": found is not None or m.tiny, "built_on_first_use": m.tiny and found is None,
+                "pull_command": None if (found or m.tiny) else pull_command(m),
+            }
+            task = "t2v" if "t2v" in m.tasks else m.tasks[0]
+            try:
+                p = make_plan(GenerationRequest(prompt="fit check", model=m.id, seed=0), m, hw, task=task)
+                row |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
+                        "peak_gb": round(p.estimate.peak_device_bytes / GB, 2), "reason": None}
+            except LocalVideoError as e:
+                row |= {"fits": False, "strategy": None, "vae_tiling": None, "peak_gb": None, "reason": e.message}
+            rows.append(row)
+        return rows
+
+    def system(self) -> dict:
+        from .. import __version__
+
+        with self._lock:
+            workers = [{"name": w.name, "device": w.device, "job_id": w.current_job} for w in self._workers]
+        return {"version": __version__, "hardware": self.hardware().to_dict(), "workers": workers,
+                "queue": {s: self.store.count([s]) for s in ("queued", "running")}}
+
+    # -- worker side -----------------------------------------------------------------------------------------
+    def _claim(self, timeout: float) -> tuple[Job, threading.Event] | None:
+        """The next queued job (now running) and its cancel event, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.stopping:
+            with self._lock:
+                job = self.store.claim_next()
+                if job is not None:
+                    ev = threading.Event()
+                    self._running[job.id] = ev
+            if job is not None:
+                self._publish(job)
+                return job, ev
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with self._wake:
+                self._wake.wait(left)
+        return None
+
+    def _progress(self, job_id: str, progress: JobProgress) -> None:
+        job = self.store.set_progress(job_id, progress)
+        if job is not None:
+            self._publish(job)
+
+    def _finish(self, job_id: str, *, result: JobResult | None = None, error: JobError | None = None,
+                cancelled: bool = False) -> Job | None:
+        with self._lock:
+            self._running.pop(job_id, None)
+            now = utcnow()
+            if result is not None:
+                job = self.store.transition(job_id, ["running"], "succeeded", result=result, finished_at=now)
+            elif cancelled:
+                current = self.store.get(job_id)
+                if current is not None and not current.cancel_requested and self.stopping:
+                    job = self.store.transition(job_id, ["running"], "interrupted", finished_at=now, error=JobError(
+                        error="interrupted", message="The server stopped while this job was running; no video "
+                                                     "was written.", hint="Retry it."))
+                else:
+                    job = self.store.transition(job_id, ["running"], "cancelled", finished_at=now, error=JobError(
+                        error="cancelled", message="Cancelled while running; no video was written."))
+            else:
+                job = self.store.transition(job_id, ["running"], "failed", finished_at=now, error=error)
+        if job is not None:
+            self._publish(job)
+        return job
+
+    def _clean_dir(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def _publish(self, job: Job) -> None:
+        self.events.publish(job)
+
+
+def _no_file(job: Job, what: str) -> JobNotFound:
+    err = JobNotFound(job.id)
+    err.message = f"Job {job.id} has no {what}: it is {job.state}."
+    err.hint = "Wait until it has succeeded (GET /v1/jobs/{id}/events)." if not job.terminal else None
+    return err

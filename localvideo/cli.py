@@ -55,7 +55,7 @@ def generate(
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (default: the model's)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
     strategy: str = typer.Option("auto", help="Memory strategy: auto, resident, model_offload, group_offload, "
-                                              "sequential_offload."),
+                                              "group_offload_leaf, sequential_offload."),
     vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Force VAE tiling on/off."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and why, generate nothing."),
     vram: Optional[float] = typer.Option(None, "--vram", help="Plan for a hypothetical GPU with this many GB "
@@ -69,11 +69,13 @@ def generate(
         fields = dict(prompt=prompt, model=model, width=width, height=height, num_frames=frames, fps=fps, steps=steps,
                       guidance=guidance, seed=seed, negative_prompt=negative, output=output, strategy=strategy,
                       vae_tiling=vae_tiling)
-        if strategy not in ("auto", "resident", "model_offload", "group_offload", "sequential_offload"):
+        from .planner import GPU_STRATEGIES
+
+        if strategy != "auto" and strategy not in GPU_STRATEGIES:
             from .errors import InvalidRequest
 
             raise InvalidRequest(f"Unknown memory strategy '{strategy}'.",
-                                 hint="Use auto, resident, model_offload, group_offload or sequential_offload.")
+                                 hint=f"Use auto, {', '.join(GPU_STRATEGIES)}.")
         request = GenerationRequest.parse(**fields)
         if vram is not None and not dry_run:
             from .errors import InvalidRequest
@@ -255,6 +257,37 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
         name = f["model"] + (" [red](random)[/]" if f["random_weights"] else "")
         t.add_row(name, "yes" if f["installed"] else "no", "[green]yes[/]" if f["fits"] else "[red]no[/]", how)
     c.print(t)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback requires a token."),
+    port: int = typer.Option(8765, help="TCP port."),
+    token: Optional[str] = typer.Option(None, envvar="LOCALVIDEO_API_TOKEN", show_envvar=True,
+                                        help="API token (clients send Authorization: Bearer <token>)."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); "
+                                                                    "CORS is off by default."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the job service and the REST API (http://127.0.0.1:8765/docs)."""
+    from .api.auth import check_bind
+
+    try:
+        check_bind(host, token)  # before anything listens
+        from .api.app import create_app
+
+        api = create_app(host=host, token=token, cors_origins=cors_origin or None)
+    except LocalVideoError as e:
+        _fail(e, False)
+    import uvicorn
+
+    shown = f"[{host}]" if ":" in host else host
+    c = _console(stderr=True)
+    c.print(f"localvideo API on [bold]http://{shown}:{port}/v1[/]  (docs: http://{shown}:{port}/docs)", markup=True)
+    if token:
+        c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)
+    uvicorn.run(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                limit_concurrency=1000, server_header=False)
 
 
 def main() -> None:

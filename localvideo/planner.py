@@ -36,19 +36,23 @@ HOST_OVERHEAD = int(2.0 * GB)
 VRAM_USABLE = 0.92  # fraction of free VRAM the plan may use
 RAM_USABLE = 0.90
 
-GPU_STRATEGIES = ("resident", "model_offload", "group_offload", "sequential_offload")
+GPU_STRATEGIES = ("resident", "model_offload", "group_offload", "group_offload_leaf", "sequential_offload")
+CPU_STRATEGIES = ("resident", "group_offload", "group_offload_leaf")  # what runs without an accelerator
 NEEDS_ACCELERATOR = ("model_offload", "sequential_offload")
 
 STRATEGY_TEXT = {
     "resident": "everything stays on the device (fastest)",
     "model_offload": "one component on the GPU at a time, the rest in RAM (a little slower)",
     "group_offload": "transformer blocks streamed from RAM, overlapped with compute (slower, far less VRAM)",
+    "group_offload_leaf": "every leaf layer streamed from RAM (slower still, least VRAM short of sequential)",
     "sequential_offload": "every layer moved on demand (slowest, least VRAM)",
 }
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """Peak memory per phase on the device (GPU, or RAM on CPU) and in host RAM, for one strategy."""
+
     strategy: str
     vae_tiling: bool
     peak_device_bytes: int
@@ -56,6 +60,14 @@ class MemoryEstimate:
     weights_bytes: int
     transformer_activation_bytes: int
     vae_activation_bytes: int
+    load_device_bytes: int = 0  # after loading, before anything runs
+    text_device_bytes: int = 0  # while encoding the prompt
+    denoise_device_bytes: int = 0  # while the transformer runs
+    decode_device_bytes: int = 0  # while the VAE decodes
+
+    def phase_bytes(self, phase: str) -> int:
+        return {"load": self.load_device_bytes, "text": self.text_device_bytes, "denoise": self.denoise_device_bytes,
+                "decode": self.decode_device_bytes}[phase]
 
     def to_dict(self) -> dict:
         return {k: (round(v / GB, 2) if k.endswith("bytes") else v) for k, v in asdict(self).items()} | {
@@ -94,6 +106,7 @@ class Plan:
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     output: str | None = None
+    degraded: tuple[str, ...] = ()  # rungs of the OOM ladder taken, e.g. "frames 81 → 49 after OOM while denoising"
 
     @property
     def duration_s(self) -> float:
@@ -107,6 +120,7 @@ class Plan:
         del d["budget_device_bytes"], d["budget_host_bytes"]
         d["duration_s"] = round(self.duration_s, 3)
         d["notes"], d["reasons"], d["warnings"] = list(self.notes), list(self.reasons), list(self.warnings)
+        d["degraded"] = list(self.degraded)
         return d
 
     def explain(self) -> list[str]:
@@ -125,6 +139,7 @@ class Plan:
         lines += [f"changed   {n}" for n in self.notes]
         lines += [f"why       {r}" for r in self.reasons]
         lines += [f"warning   {w}" for w in self.warnings]
+        lines += [f"degraded  {d}" for d in self.degraded]
         return lines
 
 
@@ -178,28 +193,37 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
     overhead = 0 if on_cpu else GPU_OVERHEAD
     layers = max(1, spec.num_layers)
 
+    # what sits on the device in each phase
     if strategy == "resident":
-        device = total_w + max(dit_act, vae_act, te_act) + overhead
-        host = (total_w + HOST_OVERHEAD) if on_cpu else (max(w.values(), default=0) + HOST_OVERHEAD)
-        if on_cpu:
-            device, host = host + max(dit_act, vae_act, te_act), host + max(dit_act, vae_act, te_act)
-    elif strategy == "model_offload":
-        device = max(w_te + te_act, w_tr + dit_act, w_vae + vae_act) + overhead
-        host = total_w + HOST_OVERHEAD
-    elif strategy == "group_offload":
-        frac = min(1.0, 3 / layers + 0.03)
-        device = max(w_te * min(1.0, 3 / 24 + 0.03) + te_act, w_tr * frac + dit_act, w_vae + vae_act) + overhead
-        host = total_w + HOST_OVERHEAD
-        if on_cpu:
-            device = host = host + max(dit_act, vae_act, te_act)
+        load = total_w
+        text, denoise, decode = total_w + te_act, total_w + dit_act, total_w + vae_act
+    elif strategy == "model_offload":  # one component at a time
+        load = 0
+        text, denoise, decode = w_te + te_act, w_tr + dit_act, w_vae + vae_act
+    elif strategy in ("group_offload", "group_offload_leaf"):
+        # block level: ~3 blocks in flight (current + prefetch) plus non-block layers; leaf level: a few layers
+        frac = min(1.0, 3 / layers + 0.03) if strategy == "group_offload" else min(1.0, 1 / (2 * layers) + 0.01)
+        te_frac = min(1.0, 3 / 24 + 0.03) if strategy == "group_offload" else 0.03
+        load = w_vae  # the VAE stays resident
+        text, denoise, decode = w_vae + w_te * te_frac + te_act, w_vae + w_tr * frac + dit_act, w_vae + vae_act
     elif strategy == "sequential_offload":
         frac = min(1.0, 1 / (4 * layers))
-        device = max(w_te * frac + te_act, w_tr * frac + dit_act, w_vae * 0.25 + vae_act) + overhead
-        host = total_w + HOST_OVERHEAD
+        load = 0
+        text, denoise, decode = w_te * frac + te_act, w_tr * frac + dit_act, w_vae * 0.25 + vae_act
     else:
         raise InvalidRequest(f"Unknown memory strategy '{strategy}'.",
                              hint=f"Use one of: auto, {', '.join(GPU_STRATEGIES)}.")
-    return MemoryEstimate(strategy, vae_tiling, int(device), int(host), int(total_w), int(dit_act), int(vae_act))
+    if on_cpu:  # one memory: everything lives in RAM whatever the strategy
+        host = total_w + HOST_OVERHEAD
+        load, text, denoise, decode = host, host + te_act, host + dit_act, host + vae_act
+        device = max(text, denoise, decode)
+        host = device
+    else:
+        load, text, denoise, decode = (x + overhead for x in (load, text, denoise, decode))
+        device = max(load, text, denoise, decode)
+        host = (max(w.values(), default=0) + HOST_OVERHEAD) if strategy == "resident" else total_w + HOST_OVERHEAD
+    return MemoryEstimate(strategy, vae_tiling, int(device), int(host), int(total_w), int(dit_act), int(vae_act),
+                          int(load), int(text), int(denoise), int(decode))
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
@@ -372,3 +396,20 @@ def _suggest(spec: ModelSpec, width: int, height: int, frames: int, hardware: Ha
         smallest = min(others, key=lambda s: s.weights_bytes)
         return f"Try a smaller model such as {smallest.id}."
     return "No model in the catalog fits this machine; a GPU with more memory (or more RAM) is needed."
+
+
+def replan(p: Plan, spec: ModelSpec, *, strategy: str | None = None, vae_tiling: bool | None = None,
+           num_frames: int | None = None, width: int | None = None, height: int | None = None,
+           degraded: str | None = None) -> Plan:
+    """The same plan with some knobs changed (used by the OOM ladder); the estimate is recomputed."""
+    from dataclasses import replace
+
+    strategy = strategy or p.strategy
+    tiling = p.vae_tiling if vae_tiling is None else vae_tiling
+    frames = num_frames or p.num_frames
+    w, h = width or p.width, height or p.height
+    est = estimate_memory(spec, w, h, frames, strategy, tiling, compute_dtype=p.dtype, on_cpu=p.device == "cpu")
+    geo = spec.geometry
+    return replace(p, strategy=strategy, vae_tiling=tiling, num_frames=frames, width=w, height=h, estimate=est,
+                   latent_shape=geo.latent_shape(frames, h, w), tokens=geo.video_tokens(frames, h, w),
+                   degraded=p.degraded + ((degraded,) if degraded else ()))

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InvalidRequest
 
 MAX_PROMPT_CHARS = 4000
-Strategy = Literal["auto", "resident", "model_offload", "group_offload", "sequential_offload"]
+Strategy = Literal["auto", "resident", "model_offload", "group_offload", "group_offload_leaf", "sequential_offload"]
 
 
 class GenerationRequest(BaseModel):

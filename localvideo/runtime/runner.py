@@ -108,10 +108,12 @@ def apply_strategy(pipe, plan: Plan) -> None:
         pipe.enable_model_cpu_offload(device=device)
     elif plan.strategy == "sequential_offload":
         pipe.enable_sequential_cpu_offload(device=device)
-    elif plan.strategy == "group_offload":
+    elif plan.strategy in ("group_offload", "group_offload_leaf"):
         use_stream = device.startswith("cuda") and torch.cuda.is_available()
+        block = plan.strategy == "group_offload"
         pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                  offload_type="block_level", num_blocks_per_group=1, use_stream=use_stream,
+                                  offload_type="block_level" if block else "leaf_level",
+                                  num_blocks_per_group=1 if block else None, use_stream=use_stream,
                                   exclude_modules=["vae"])
         if hasattr(pipe, "vae"):
             pipe.vae.to(device)

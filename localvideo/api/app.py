@@ -91,8 +91,11 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"There is nothing at {request.url.path[:200]}."
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods; list every route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return JSONResponse({"error": code, "message": message, "hint": None}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -113,6 +116,17 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
                        body_types={("POST", "/v1/jobs"): "application/json",
                                    ("POST", UPLOAD_I2V): "multipart/form-data"})
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _validation_body(exc: RequestValidationError) -> dict:

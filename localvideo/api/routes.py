@@ -19,7 +19,7 @@ from .auth import Unauthorized, token_matches
 from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, SystemOut
 from .sse import job_events
 
-UPLOAD_I2V = "/v1/jobs/image-to-video"
+UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds its body separately)
 
 
 class NotAvailable(LocalVideoError):
@@ -51,14 +51,14 @@ def health() -> Health:
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"],
-             responses={409: E, 413: E, 415: E, 422: E, 503: E})
+             responses={400: E, 409: E, 413: E, 415: E, 422: E, 503: E})
 def create_job(body: JobCreate, svc: Svc) -> JobOut:  # type: ignore[valid-type]
     """Queue a text-to-video job. Planned at once: a request that can never run is refused here (422/409)."""
     return JobOut.of(svc.submit(**body.model_dump(exclude_unset=True)))  # type: ignore[attr-defined]
 
 
-@router.post(UPLOAD_I2V, status_code=202, response_model=JobOut, tags=["jobs"],
-             responses={413: E, 415: E, 422: E, 501: E})
+@router.post(UPLOAD_I2V.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={400: E, 413: E, 415: E, 422: E, 501: E})
 async def create_image_job(request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG or WebP")],
                            params: Annotated[str, Form(max_length=20000, description="Job fields as JSON")] = "{}",
                            ) -> JobOut:

@@ -17,6 +17,7 @@ from ..catalog import ModelSpec
 from ..errors import Cancelled, GenerationFailed, InvalidRequest
 from ..planner import NEEDS_ACCELERATOR, Plan
 from .cache import PipelineCache
+from .decode import DECODABLE, decode
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,27 @@ def cache_key(spec: ModelSpec, path: Path, plan: Plan) -> tuple:
     return (spec.id, str(path), plan.dtype, plan.device, plan.strategy)
 
 
-def get_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan):
-    return cache.get_or_load(cache_key(spec, path, plan), lambda: _load_sized(spec, path, plan))
+def get_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None):
+    """``(pipeline, was_cached)``. A pipeline whose load fails (e.g. out of memory) never enters the cache."""
+    return cache.get_or_load(cache_key(spec, path, plan), lambda: _load_sized(spec, path, plan, guard))
 
 
-def _load_sized(spec: ModelSpec, path: Path, plan: Plan):
+def _load_sized(spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None):
     pipe = load_pipeline(spec, path, plan)
+    if guard is not None:
+        guard.check("load", plan)
     return pipe, _module_bytes(pipe)
+
+
+class MemoryGuard:
+    """Hook at the GPU-memory boundary, called at load, after each denoising step and before decode.
+
+    The real GPU needs none (torch raises ``torch.OutOfMemoryError`` itself); tests install a behavioural budget
+    that raises the same error when the plan's estimate for that phase exceeds it.
+    """
+
+    def check(self, phase: str, plan: Plan, step: int | None = None) -> None:  # pragma: no cover - interface
+        return None
 
 
 def _configure_for_run(pipe, plan: Plan) -> None:
@@ -163,7 +178,7 @@ def call_kwargs(pipe, plan: Plan) -> dict:
         "num_frames": plan.num_frames,
         "num_inference_steps": plan.steps,
         "guidance_scale": plan.guidance,
-        "output_type": "np",
+        "output_type": "latent" if plan.family in DECODABLE else "np",
     }
     if plan.max_sequence_length is not None:
         kw["max_sequence_length"] = plan.max_sequence_length
@@ -173,17 +188,25 @@ def call_kwargs(pipe, plan: Plan) -> dict:
     return {k: v for k, v in kw.items() if k in accepted}
 
 
-def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
-        cache_hit: bool = False, load_s: float = 0.0) -> RunOutput:
-    """Run the pipeline for this plan. Same plan (and seed) → same frames."""
-    import numpy as np
+@dataclass
+class Denoised:
+    latents: Any  # torch.Tensor as the pipeline returns it for output_type="latent"
+    generator: Any  # the torch.Generator, in the state the pipeline left it (LTX draws decode noise from it)
+    generator_state: Any
+    denoise_s: float
+
+
+def denoise(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
+            guard: MemoryGuard | None = None) -> Denoised:
+    """Run the denoising loop and stop before the VAE: returns latents. Same plan (and seed) → same latents."""
     import torch
 
+    if plan.family not in DECODABLE:
+        raise GenerationFailed(f"localvideo cannot decode latents of the '{plan.family}' family.")
     _configure_for_run(pipe, plan)
     kwargs = call_kwargs(pipe, plan)
     generator = torch.Generator("cpu").manual_seed(plan.seed)
     t0 = time.perf_counter()
-    last_step = [t0]
 
     def emit(p: Progress) -> None:
         if on_progress is not None:
@@ -191,14 +214,13 @@ def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelC
 
     def on_step_end(_pipe, i, _t, cb_kwargs):
         now = time.perf_counter()
-        last_step[0] = now
         done = i + 1
         per_step = (now - t0) / done
         emit(Progress("denoising", done, plan.steps, now - t0, per_step * (plan.steps - done)))
         if _is_cancelled(cancel):
             raise Cancelled("Generation cancelled; no video was written.")
-        if done == plan.steps:
-            emit(Progress("decoding", done, plan.steps, now - t0, None))
+        if guard is not None:
+            guard.check("denoise", plan, step=done)
         return {}
 
     if _is_cancelled(cancel):
@@ -207,14 +229,45 @@ def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelC
     with torch.inference_mode():
         out = pipe(generator=generator, callback_on_step_end=on_step_end,
                    callback_on_step_end_tensor_inputs=["latents"], **kwargs)
-    t1 = time.perf_counter()
-    frames = out.frames
-    frames = frames[0] if isinstance(frames, (list, tuple)) or getattr(frames, "ndim", 0) == 5 else frames
-    frames = np.asarray(frames, dtype=np.float32)
+    latents = out.frames
+    if not torch.isfinite(latents).all():
+        raise GenerationFailed("Denoising produced NaN/Inf latents; no video was written.",
+                               hint="Try another dtype or fewer steps; report the plan if it repeats.")
+    return Denoised(latents, generator, generator.get_state(), time.perf_counter() - t0)
+
+
+def decode_latents(pipe, plan: Plan, latents, generator=None, generator_state=None,
+                   guard: MemoryGuard | None = None):
+    """VAE-decode latents for this plan; returns float32 frames (F, H, W, 3) in [0, 1]."""
+    import numpy as np
+
+    vae = pipe.vae
+    if plan.vae_tiling and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    elif hasattr(vae, "disable_tiling"):
+        vae.disable_tiling()
+    if generator is not None and generator_state is not None:
+        generator.set_state(generator_state)  # a retried decode draws the same noise as the first try
+    if guard is not None:
+        guard.check("decode", plan)
+    frames = decode(pipe, latents, plan.family, num_frames=plan.num_frames, height=plan.height, width=plan.width,
+                    generator=generator, decode_timestep=plan.call_kwargs.get("decode_timestep"),
+                    decode_noise_scale=plan.call_kwargs.get("decode_noise_scale"))
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise GenerationFailed(f"The pipeline returned frames of shape {frames.shape}, expected (F, H, W, 3).")
+        raise GenerationFailed(f"The VAE returned frames of shape {frames.shape}, expected (F, H, W, 3).")
     if not np.isfinite(frames).all():
-        raise GenerationFailed("The pipeline produced NaN/Inf pixels; no video was written.",
-                               hint="Try another dtype (e.g. float32 VAE) or fewer steps; report the plan if it repeats.")
-    return RunOutput(frames=frames, load_s=load_s, denoise_s=last_step[0] - t0, decode_s=t1 - last_step[0],
+        raise GenerationFailed("The VAE produced NaN/Inf pixels; no video was written.",
+                               hint="Try a float32 VAE; report the plan if it repeats.")
+    return frames
+
+
+def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
+        cache_hit: bool = False, load_s: float = 0.0) -> RunOutput:
+    """Denoise then decode, without recovery (the OOM ladder lives in :mod:`localvideo.runtime.recovery`)."""
+    den = denoise(pipe, plan, on_progress, cancel)
+    if on_progress is not None:
+        on_progress(Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
+    t = time.perf_counter()
+    frames = decode_latents(pipe, plan, den.latents, den.generator, den.generator_state)
+    return RunOutput(frames=frames, load_s=load_s, denoise_s=den.denoise_s, decode_s=time.perf_counter() - t,
                      cache_hit=cache_hit)

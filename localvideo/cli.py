@@ -290,6 +290,41 @@ def serve(
                 limit_concurrency=1000, server_header=False)
 
 
+@app.command()
+def animate(
+    image: str = typer.Argument(..., help="The photo to animate (JPEG, PNG, WebP, TIFF, …)."),
+    move: str = typer.Option("auto", "--move", help="zoom-in, zoom-out, pan-left, pan-right, orbit, dolly or auto."),
+    width: Optional[int] = typer.Option(None, help="Output width in pixels (default: the photo's aspect, 768 long)."),
+    height: Optional[int] = typer.Option(None, help="Output height in pixels."),
+    fps: float = typer.Option(24.0, help="Frames per second."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Length in seconds (default 4)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (instead of --duration)."),
+    parallax: Optional[bool] = typer.Option(None, "--parallax/--no-parallax",
+                                            help="2.5D layers: default when the subject separates cleanly."),
+    strength: float = typer.Option(1.0, help="Scale the zoom and travel (0.1–3)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
+) -> None:
+    """Animate a photo with a camera move (no model weights; 2.5D parallax when the subject separates cleanly)."""
+    try:
+        from .motion.animator import animate as run_animate
+
+        result = run_animate(image, move, width=width, height=height, fps=fps, duration_s=duration,
+                             num_frames=frames, output=output, parallax=parallax, strength=strength)
+    except LocalVideoError as e:
+        _fail(e, as_json)
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False, default=str))
+        return
+    c = _console()
+    for w in result.warnings:
+        c.print(f"[yellow]warning:[/] {w}", markup=True)
+    focus = result.metadata["focus"]
+    c.print(f"[green]Wrote[/] {result.path}  ({result.move}, {result.render_path}, focus {focus['detector']}, "
+            f"{result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps, "
+            f"{result.timings['total_s']:.1f} s)")
+
+
 def main() -> None:
     try:
         app()

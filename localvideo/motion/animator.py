@@ -251,7 +251,7 @@ def _output_size(width, height, image_size) -> tuple[tuple[int, int], list[str]]
         width = height * iw / ih
     elif height is None:
         height = width * ih / iw
-    w, h = (max(16, min(MAX_SIDE, int(round(v / 2)) * 2)) for v in (width, height))
+    w, h = (max(16, min(MAX_SIDE, int(v / 2 + 0.5) * 2)) for v in (width, height))  # odd → next even
     if (width, height) != (w, h) and all(v is not None for v in (width, height)):
         if int(width) == width and int(height) == height and (int(width) % 2 or int(height) % 2):
             notes.append(f"size {int(width)}x{int(height)} rounded to {w}x{h} (H.264 needs even sizes)")

@@ -56,6 +56,13 @@ def _complete(path: Path) -> bool:
     return True
 
 
+def _usable(spec, path: Path) -> bool:
+    """Complete for this kind of model: a spec may bring its own check (``is_complete(path)``, e.g. a transformers
+    causal-LM folder for the prompt enhancer); otherwise it is a diffusers folder."""
+    check = getattr(spec, "is_complete", None)
+    return check(path) if callable(check) else _complete(path)
+
+
 def models_folder_path(spec: ModelSpec, settings: Settings | None = None) -> Path:
     settings = settings or get_settings()
     return settings.models / spec.repo
@@ -68,7 +75,7 @@ def find(spec: ModelSpec, settings: Settings | None = None) -> Installed | None:
         path = settings.tiny / spec.id
         return Installed(path, "tiny", _folder_size(path)) if _complete(path) else None
     local = models_folder_path(spec, settings)
-    if _complete(local):
+    if _usable(spec, local):
         return Installed(local, "models-folder", _folder_size(local))
     if settings.use_hf_cache:
         try:
@@ -79,7 +86,7 @@ def find(spec: ModelSpec, settings: Settings | None = None) -> Installed | None:
                                           cache_dir=os.environ.get("HF_HUB_CACHE") or None))
         except Exception:  # LocalEntryNotFoundError and friends: not cached
             return None
-        if _complete(path):
+        if _usable(spec, path):
             return Installed(path, "hf-cache", _folder_size(path))
     return None
 
@@ -159,7 +166,7 @@ def pull(spec: ModelSpec, settings: Settings | None = None, api=None, snapshot_d
     except Exception as e:
         raise DownloadError(f"Downloading {spec.repo} failed: {e}",
                             hint=f"Run `{pull_command(spec)}` again; finished files are kept.") from e
-    if not _complete(dest):
+    if not _usable(spec, dest):
         raise DownloadError(f"The download of {spec.repo} is incomplete.",
                             hint=f"Run `{pull_command(spec)}` again; finished files are kept.")
     return Installed(dest, "models-folder", _folder_size(dest))

@@ -30,6 +30,8 @@ class GenerationRequest(BaseModel):
     strategy: Strategy = "auto"
     vae_tiling: bool | None = None  # None = the planner decides
     output: str | None = None
+    expand_prompt: bool = True  # rewrite the prompt in the model family's style (localvideo.prompts.engine)
+    enhance: str | None = None  # a local LLM prompt enhancer (id or folder) instead of the engine
 
     @field_validator("prompt")
     @classmethod

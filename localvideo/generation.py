@@ -18,6 +18,7 @@ from .catalog import ModelSpec, get_model
 from .errors import OutputError
 from .hardware import Hardware, probe
 from .planner import Plan, plan as make_plan
+from .prompts import prepare_prompt
 from .request import GenerationRequest
 from .settings import Settings, get_settings
 
@@ -74,6 +75,7 @@ def prepare(request: GenerationRequest, hardware: Hardware | None = None,
     settings = settings or get_settings()
     spec = get_model(request.model)
     hw = hardware if hardware is not None else probe(settings.home)
+    request, _ = prepare_prompt(request, spec.family, hardware=hw, settings=settings)  # no-op once prepared
     return spec, make_plan(request, spec, hw)
 
 
@@ -130,7 +132,7 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
 
 
 def generate(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
-             on_progress=None, cancel=None, cache=None, settings: Settings | None = None,
+             on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
              **fields) -> GenerationResult:
     """Generate one video and return where it is and how it was made.
 
@@ -138,6 +140,9 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     ``steps``, ``guidance``, ``seed``, ``negative_prompt``, ``output``, ``strategy``, ``vae_tiling``).
     ``on_progress`` receives :class:`~localvideo.runtime.runner.Progress` events; ``cancel`` is a
     ``threading.Event`` or a callable returning True to stop (raises :class:`~localvideo.errors.Cancelled`).
+    The prompt is first expanded for the model's family (``expand_prompt``) or rewritten by a local LLM
+    (``enhance``); pass ``prompt_info`` (from :func:`localvideo.prompts.prepare_prompt`) when that was done already.
+    The metadata records ``original_prompt``, ``prompt_source`` (engine | llm | as-typed) and the hints.
     """
     from .media.encode import VideoWriter, check_output_path, write_sidecar
     from .runtime import runner, store
@@ -146,6 +151,9 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     settings = settings or get_settings()
     if request is None:
         request = GenerationRequest.parse(prompt=prompt if prompt is not None else "", **fields)
+    if prompt_info is None:  # expand (engine) or enhance (local LLM) the prompt, unless the caller already did
+        request, prompt_info = prepare_prompt(request, get_model(request.model).family, stop=cancel,
+                                              hardware=hardware, settings=settings)
     spec, plan = prepare(request, hardware, settings)
     out_path = check_output_path(output_path_for(plan, settings))  # fail before any heavy work
     model_path = store.locate(spec, settings)
@@ -163,7 +171,7 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
 
     emit(runner.Progress("encoding", plan.steps, plan.steps, time.perf_counter() - t_start))
     timings = {"load_s": round(load_s, 3), "denoise_s": round(out.denoise_s, 3), "decode_s": round(out.decode_s, 3)}
-    metadata = build_metadata(plan, spec, timings)
+    metadata = build_metadata(plan, spec, timings) | prompt_info.metadata()
     t_enc = time.perf_counter()
     tags = {
         "title": plan.prompt[:200],

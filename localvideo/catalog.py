@@ -121,6 +121,7 @@ class ModelSpec:
     tiny: bool = False
     tiny_params: dict[str, int] = field(default_factory=dict)  # measured from the built tiny pipeline (tested)
     tiny_hidden: int = 0
+    cache_defaults: dict = field(default_factory=dict)  # per-model overrides of STEP_CACHE_DEFAULTS[family]
 
     # -- derived from the vendored configs -------------------------------------------------------------------
     @property
@@ -138,6 +139,10 @@ class ModelSpec:
         entry = _params()[self.config_dir]
         return {name: int(c["params"]) + int(c.get("persistent_buffers", 0)) for name, c in entry["components"].items()
                 if name != "latent_upsampler"}
+
+    def step_cache_params(self, kind: str) -> dict:
+        """Settings for a step cache (``fbc`` | ``mag`` | ``taylor``): the family's defaults, then this model's."""
+        return {**STEP_CACHE_DEFAULTS.get(self.family, {}).get(kind, {}), **self.cache_defaults.get(kind, {})}
 
     def component_dtype(self, component: str) -> str:
         return self.component_dtypes.get(component, self.dtype)
@@ -210,6 +215,29 @@ class ModelSpec:
                 "guidance": d.guidance, "fps": d.fps, "flow_shift": d.flow_shift,
             },
         }
+
+
+# Step caches (diffusers hooks), off unless asked for. Thresholds are diffusers' own defaults (FBC 0.05, MagCache
+# 0.06, TaylorSeer interval 5 after 3 full steps), not tuned per model on real weights: raise them with
+# ``--cache fbc:0.1`` for more speed. TaylorSeer's module patterns are per family because diffusers' default patterns
+# only match attention modules named ``attn`` (Flux), not ``attn1``/``attn2`` (tests check them against the real
+# architectures). MagCache needs magnitude ratios measured per checkpoint; none are known here for these models, so
+# ``mag_ratios`` stays None and ``--cache mag:calibrate`` measures them once on the user's machine.
+_TAYLOR = {"cache_interval": 5, "disable_cache_before_step": 3}
+_MAG = {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2, "mag_ratios": None}
+STEP_CACHE_DEFAULTS: dict[str, dict[str, dict]] = {
+    "wan": {"fbc": {"threshold": 0.05}, "mag": dict(_MAG),
+            "taylor": _TAYLOR | {"cache_identifiers": [r"blocks\.\d+\.(attn1|attn2|ffn)"]}},
+    "ltx": {"fbc": {"threshold": 0.05}, "mag": dict(_MAG),
+            "taylor": _TAYLOR | {"cache_identifiers": [r"transformer_blocks\.\d+\.(attn1|attn2|ff)"]}},
+    "cogvideox": {"fbc": {"threshold": 0.05}, "mag": dict(_MAG),
+                  "taylor": _TAYLOR | {"cache_identifiers": [r"transformer_blocks\.\d+\.(attn1|ff)"]}},
+    "hunyuan": {"fbc": {"threshold": 0.05}, "mag": dict(_MAG),
+                "taylor": _TAYLOR | {"cache_identifiers": [r"(single_)?transformer_blocks\.\d+\.attn",
+                                                           r"transformer_blocks\.\d+\.(ff|ff_context)"]}},
+    "mochi": {"fbc": {"threshold": 0.05}, "mag": dict(_MAG),
+              "taylor": _TAYLOR | {"cache_identifiers": [r"transformer_blocks\.\d+\.(attn1|ff|ff_context)"]}},
+}
 
 
 @lru_cache(maxsize=1)

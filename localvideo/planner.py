@@ -13,12 +13,17 @@ The memory model (all figures in bytes; coefficients are deliberately simple and
 - VAE decode activations: frames decoded at once × H × W × decoder_channels × bytes(vae) × VAE_K,
   or one tile (TILE_PIXELS, TILE_FRAMES) when tiling is on
 - GPU overhead: CUDA context and allocator slack (GPU_OVERHEAD)
+- quantized transformer (``quantization``): fp8 storage / int8 weight-only keep 1 byte per parameter for the
+  linear layers and QUANT_KEEP_FRACTION of the parameters (embedders, norms, modulation tables: ≈ 0.1–2 % in the
+  real configs) in the compute dtype; a GGUF transformer takes its file size (the tensors stay quantized in memory
+  and are dequantized one layer at a time). While loading, fp8/int8 still hold the full-precision transformer in RAM.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .catalog import DTYPE_BYTES, ModelSpec
 from .errors import DoesNotFit, InvalidRequest
@@ -35,6 +40,74 @@ GPU_OVERHEAD = int(1.0 * GB)
 HOST_OVERHEAD = int(2.0 * GB)
 VRAM_USABLE = 0.92  # fraction of free VRAM the plan may use
 RAM_USABLE = 0.90
+
+# -- quantization and run options (see localvideo.runtime.options) ----------------------------------------------
+QUANTIZATIONS = ("none", "fp8", "int8", "gguf")
+QUANT_KEEP_FRACTION = 0.02  # transformer params left in the compute dtype by fp8 casting / int8 weight-only
+# bytes per parameter of GGUF quant types (ggml block size / type size); used when a file's size is unknown
+GGUF_BYTES_PER_PARAM = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256,
+                        "Q5_0": 22 / 32, "Q5_1": 24 / 32, "Q4_K": 144 / 256, "Q4_0": 18 / 32, "Q4_1": 20 / 32,
+                        "Q3_K": 110 / 256, "Q2_K": 84 / 256}
+QUANT_TEXT = {"fp8": "fp8 (e4m3) storage, upcast layer by layer (layerwise casting)",
+              "int8": "int8 weight-only (optimum-quanto, or torchao)", "gguf": "GGUF single-file transformer"}
+ATTENTION_PACKAGES = {"flash": "flash_attn", "sage": "sageattention"}
+
+
+def _installed(module: str) -> bool:
+    """Whether an importable package is present (no import; tests may replace this)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def attention_problem(backend: str, on_cpu: bool) -> str | None:
+    """Why an attention backend cannot run here, or None when it can (sdpa always can)."""
+    if backend == "sdpa":
+        return None
+    package = ATTENTION_PACKAGES[backend]
+    if on_cpu:
+        return f"the {backend} attention backend needs a CUDA GPU"
+    if not _installed(package):
+        return f"the {backend} attention backend needs the `{package}` package, which is not installed"
+    return None
+
+
+def compile_problem(on_cpu: bool) -> str | None:
+    """Why torch.compile (inductor) cannot run here, or None when its prerequisites are present."""
+    import shutil
+
+    if on_cpu:
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl")):
+            return "torch.compile on the CPU needs a C++ compiler (g++ / clang++ / MSVC), and none is on the PATH"
+    elif not _installed("triton"):
+        return "torch.compile on a GPU needs the `triton` package, which is not installed"
+    return None
+
+
+def gguf_bytes_per_param(path: str | None) -> float:
+    """Bytes per parameter from the quant type in a GGUF file name (e.g. ``…-Q4_K_M.gguf``); Q8_0 when unknown."""
+    import re
+
+    m = re.search(r"(BF16|F16|F32|Q\d_K|Q\d_\d)", (path or "").upper().replace("-", "_"))
+    return GGUF_BYTES_PER_PARAM.get(m.group(1), GGUF_BYTES_PER_PARAM["Q8_0"]) if m else GGUF_BYTES_PER_PARAM["Q8_0"]
+
+
+def quantized_transformer_bytes(params: int, full_bytes: int, quantization: str, gguf_path: str | None = None) -> int:
+    """Memory of a transformer with ``params`` parameters (``full_bytes`` unquantized) under ``quantization``."""
+    if quantization in ("fp8", "int8"):
+        per_param = full_bytes / max(params, 1)
+        return int(params * ((1 - QUANT_KEEP_FRACTION) * 1 + QUANT_KEEP_FRACTION * per_param))
+    if quantization == "gguf":
+        import os
+
+        try:
+            return os.path.getsize(gguf_path) if gguf_path else int(params * gguf_bytes_per_param(gguf_path))
+        except OSError:
+            return int(params * gguf_bytes_per_param(gguf_path))
+    return full_bytes
 
 GPU_STRATEGIES = ("resident", "model_offload", "group_offload", "group_offload_leaf", "sequential_offload")
 CPU_STRATEGIES = ("resident", "group_offload", "group_offload_leaf")  # what runs without an accelerator
@@ -64,6 +137,7 @@ class MemoryEstimate:
     text_device_bytes: int = 0  # while encoding the prompt
     denoise_device_bytes: int = 0  # while the transformer runs
     decode_device_bytes: int = 0  # while the VAE decodes
+    quantization: str = "none"  # how the transformer is stored (none | fp8 | int8 | gguf)
 
     def phase_bytes(self, phase: str) -> int:
         return {"load": self.load_device_bytes, "text": self.text_device_bytes, "denoise": self.denoise_device_bytes,
@@ -107,6 +181,21 @@ class Plan:
     warnings: tuple[str, ...] = ()
     output: str | None = None
     degraded: tuple[str, ...] = ()  # rungs of the OOM ladder taken, e.g. "frames 81 → 49 after OOM while denoising"
+    # run options (applied by localvideo.runtime.options)
+    quantization: str = "none"  # none | fp8 | int8 | gguf
+    gguf_path: str | None = None
+    cache: str | None = None  # step cache actually used, e.g. "fbc:0.05", "taylor:5", "mag:calibrate"
+    cache_params: dict = field(default_factory=dict)  # resolved settings for that cache (catalog defaults + value)
+    loras: tuple[tuple[str, float], ...] = ()
+    attention: str = "sdpa"  # backend actually used (flash/sage degrade to sdpa with a warning)
+    compile: bool = False  # regional torch.compile actually applied (False when its prerequisites are missing)
+
+    def run_options(self) -> dict:
+        """The run options as recorded in metadata."""
+        return {"quantization": self.quantization, "gguf_path": self.gguf_path, "step_cache": self.cache,
+                "step_cache_params": dict(self.cache_params),
+                "loras": [{"path": p, "weight": w} for p, w in self.loras], "attention": self.attention,
+                "compile": self.compile}
 
     @property
     def duration_s(self) -> float:
@@ -136,6 +225,12 @@ class Plan:
             f"(budget {self.budget_host_bytes / GB:.1f} GB)",
             f"latents   {self.latent_shape[0]}x{self.latent_shape[1]}x{self.latent_shape[2]} → {self.tokens} tokens",
         ]
+        opts = [QUANT_TEXT[self.quantization]] if self.quantization != "none" else []
+        opts += [f"step cache {self.cache}"] if self.cache else []
+        opts += [f"LoRA {Path(p).name} × {w:g}" for p, w in self.loras]
+        opts += [f"attention {self.attention}"] if self.attention != "sdpa" else []
+        opts += ["torch.compile (regional)"] if self.compile else []
+        lines += [f"options   {'; '.join(opts)}"] if opts else []
         lines += [f"changed   {n}" for n in self.notes]
         lines += [f"why       {r}" for r in self.reasons]
         lines += [f"warning   {w}" for w in self.warnings]
@@ -163,7 +258,8 @@ def _act_bytes(spec: ModelSpec, compute_dtype: str) -> int:
 
 
 def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strategy: str, vae_tiling: bool,
-                    compute_dtype: str | None = None, on_cpu: bool = False) -> MemoryEstimate:
+                    compute_dtype: str | None = None, on_cpu: bool = False, quantization: str = "none",
+                    gguf_path: str | None = None) -> MemoryEstimate:
     geo = spec.geometry
     dtype = compute_dtype or spec.dtype
     params = spec.component_params
@@ -174,6 +270,9 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
         return params[c] * DTYPE_BYTES[d]
 
     w = {c: wbytes(c) for c in params}
+    full_transformer = w.get("transformer", 0)
+    if quantization != "none" and "transformer" in w:
+        w["transformer"] = quantized_transformer_bytes(params["transformer"], w["transformer"], quantization, gguf_path)
     total_w = sum(w.values())
     tokens = geo.video_tokens(frames, height, width) + geo.text_tokens_joint
     dit_act = geo.cfg_batch * tokens * (ACT_HIDDEN * spec.hidden_dim + ACT_FFN * spec.ffn_dim) * _act_bytes(spec, dtype)
@@ -222,8 +321,12 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
         load, text, denoise, decode = (x + overhead for x in (load, text, denoise, decode))
         device = max(load, text, denoise, decode)
         host = (max(w.values(), default=0) + HOST_OVERHEAD) if strategy == "resident" else total_w + HOST_OVERHEAD
+    if quantization in ("fp8", "int8"):  # loaded at full precision, then cast/quantized: a RAM peak while loading
+        load_peak = total_w - w["transformer"] + full_transformer + HOST_OVERHEAD
+        host = max(host, load_peak)
+        device = max(device, load_peak) if on_cpu else device
     return MemoryEstimate(strategy, vae_tiling, int(device), int(host), int(total_w), int(dit_act), int(vae_act),
-                          int(load), int(text), int(denoise), int(decode))
+                          int(load), int(text), int(denoise), int(decode), quantization=quantization)
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
@@ -313,9 +416,10 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
 
     chosen: MemoryEstimate | None = None
     tried: list[MemoryEstimate] = []
-    for strategy in candidates:
+    for strategy, quant in _with_quantization(candidates, request, on_cpu):
         for tiling in tiling_options:
-            est = estimate_memory(spec, width, height, frames, strategy, tiling, compute_dtype=dtype, on_cpu=on_cpu)
+            est = estimate_memory(spec, width, height, frames, strategy, tiling, compute_dtype=dtype, on_cpu=on_cpu,
+                                  quantization=quant, gguf_path=request.gguf_path)
             tried.append(est)
             if est.peak_device_bytes <= budget_device and est.peak_host_bytes <= budget_host:
                 chosen = est
@@ -353,6 +457,7 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     if est.vae_tiling:
         reasons.append("VAE tiling " + ("was requested" if request.vae_tiling else
                        "is on: decoding the whole clip at once would exceed the budget"))
+    run_opts = _run_options(request, spec, est, tried, on_cpu, steps, reasons, warnings)
 
     geo = spec.geometry
     return Plan(
@@ -363,8 +468,69 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
         call_kwargs=call_kwargs, latent_shape=geo.latent_shape(frames, height, width),
         tokens=geo.video_tokens(frames, height, width), estimate=est, budget_device_bytes=budget_device,
         budget_host_bytes=budget_host, notes=tuple(notes), reasons=tuple(reasons), warnings=tuple(warnings),
-        output=request.output,
+        output=request.output, **run_opts,
     )
+
+
+def _with_quantization(candidates: list[str], request: GenerationRequest, on_cpu: bool) -> list[tuple[str, str]]:
+    """(strategy, quantization) pairs to try in order. With ``quantization="auto"`` every strategy short of sequential
+    offload is tried unquantized first, then with fp8 storage, and only then sequential offload: fp8 layerwise
+    casting costs a little quality and a little speed, sequential offload costs a lot of speed. int8 and GGUF are
+    never picked automatically (int8 needs an extra package; GGUF needs a file)."""
+    q = "gguf" if request.gguf_path else request.quantization
+    if q == "int8" and not (_installed("optimum.quanto") or _installed("torchao")):
+        raise InvalidRequest("int8 weight-only quantization needs optimum-quanto (or torchao), and neither is "
+                             "installed.", hint="pip install optimum-quanto, or use --quantization fp8.")
+    if q != "auto":
+        return [(s, q) for s in candidates]
+    before = [s for s in candidates if s != "sequential_offload"]
+    last = [s for s in candidates if s == "sequential_offload"]
+    return [(s, "none") for s in before] + [(s, "fp8") for s in before] + [(s, "none") for s in last]
+
+
+def _run_options(request: GenerationRequest, spec: ModelSpec, est: MemoryEstimate, tried: list[MemoryEstimate],
+                 on_cpu: bool, steps: int, reasons: list[str], warnings: list[str]) -> dict:
+    """Resolve quantization, step cache, LoRAs, attention backend and compile into Plan fields (with reasons and
+    warnings for anything that degrades)."""
+    quant = est.quantization
+    if quant != "none":
+        plain = [e for e in tried if e.quantization == "none"]
+        if request.quantization == "auto" and not request.gguf_path and plain:
+            best = min(plain, key=lambda e: e.peak_device_bytes)
+            reasons.append(f"transformer stored in fp8: unquantized, the best strategy needs ≈ "
+                           f"{best.peak_device_bytes / GB:.1f} GB; with fp8 storage {est.strategy} needs ≈ "
+                           f"{est.peak_device_bytes / GB:.1f} GB (small quality cost, no sequential offload)")
+        else:
+            reasons.append(f"transformer: {QUANT_TEXT[quant]} was requested")
+
+    cache, params = request.cache, {}
+    if cache:
+        kind, _, value = cache.partition(":")
+        params = spec.step_cache_params(kind)
+        if kind == "mag" and value == "calibrate":
+            params["calibrate"] = True
+        elif kind == "taylor" and value:
+            params["cache_interval"] = int(value)
+        elif value:
+            params["threshold"] = float(value)
+        shown = ("calibrate" if params.get("calibrate") else
+                 params.get("cache_interval") if kind == "taylor" else params.get("threshold"))
+        cache = f"{kind}:{shown:g}" if isinstance(shown, (int, float)) else f"{kind}:{shown}"
+        if kind == "taylor" and steps <= params.get("disable_cache_before_step", 0) + 1:
+            warnings.append(f"TaylorSeer computes the first {params['disable_cache_before_step']} steps in full, so "
+                            f"with {steps} steps it skips nothing.")
+
+    attention = request.attention
+    problem = attention_problem(attention, on_cpu)
+    if problem:
+        warnings.append(f"Attention backend {attention} is not available ({problem}); using PyTorch SDPA instead.")
+        attention = "sdpa"
+    compile_ = request.compile
+    if compile_ and (problem := compile_problem(on_cpu)):
+        warnings.append(f"--compile is ignored: {problem}. Running without compilation.")
+        compile_ = False
+    return {"quantization": quant, "gguf_path": request.gguf_path, "cache": cache, "cache_params": params,
+            "loras": tuple(request.loras), "attention": attention, "compile": compile_}
 
 
 def _suggest(spec: ModelSpec, width: int, height: int, frames: int, hardware: Hardware) -> str:
@@ -408,7 +574,8 @@ def replan(p: Plan, spec: ModelSpec, *, strategy: str | None = None, vae_tiling:
     tiling = p.vae_tiling if vae_tiling is None else vae_tiling
     frames = num_frames or p.num_frames
     w, h = width or p.width, height or p.height
-    est = estimate_memory(spec, w, h, frames, strategy, tiling, compute_dtype=p.dtype, on_cpu=p.device == "cpu")
+    est = estimate_memory(spec, w, h, frames, strategy, tiling, compute_dtype=p.dtype, on_cpu=p.device == "cpu",
+                          quantization=p.quantization, gguf_path=p.gguf_path)
     geo = spec.geometry
     return replace(p, strategy=strategy, vae_tiling=tiling, num_frames=frames, width=w, height=h, estimate=est,
                    latent_shape=geo.latent_shape(frames, h, w), tokens=geo.video_tokens(frames, h, w),

@@ -370,7 +370,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="tiny-wan", name="Tiny Wan (random weights)", repo="local:tiny-wan", pipeline="WanPipeline",
         family="wan", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(4), size_multiple=16, max_frames=65,
-        max_pixels=256 * 256, defaults=Defaults(128, 128, 17, 4, 5.0, 16, flow_shift=3.0),
+        max_pixels=512 * 512, defaults=Defaults(128, 128, 17, 4, 5.0, 16, flow_shift=3.0),
         geometry=Geometry(8, 4, 16, (1, 2, 2), cfg_batch=1, vae_decoder_channels=3, vae_decode_chunk_frames=4),
         licence="none (random weights)", tiny=True,
         tiny_params={"transformer": 28328, "vae": 13861, "text_encoder": 29344}, tiny_hidden=24,
@@ -379,7 +379,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="tiny-ltx", name="Tiny LTX-Video (random weights)", repo="local:tiny-ltx", pipeline="LTXPipeline",
         family="ltx", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(8), size_multiple=32, max_frames=65,
-        max_pixels=256 * 256, defaults=Defaults(128, 128, 17, 4, 3.0, 24),
+        max_pixels=512 * 512, defaults=Defaults(128, 128, 17, 4, 3.0, 24),
         geometry=Geometry(8, 8, 8, (1, 1, 1), cfg_batch=2, vae_decoder_channels=8),
         licence="none (random weights)", tiny=True,
         tiny_params={"transformer": 35464, "vae": 86588, "text_encoder": 26944}, tiny_hidden=32,
@@ -388,7 +388,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="tiny-cogvideox", name="Tiny CogVideoX (random weights)", repo="local:tiny-cogvideox",
         pipeline="CogVideoXPipeline", family="cogvideox", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(8),
-        size_multiple=16, max_frames=33, max_pixels=256 * 256, defaults=Defaults(128, 128, 9, 4, 6.0, 8),
+        size_multiple=16, max_frames=33, max_pixels=512 * 512, defaults=Defaults(128, 128, 9, 4, 6.0, 8),
         geometry=Geometry(8, 4, 4, (1, 2, 2), text_tokens_joint=226, cfg_batch=2, vae_decoder_channels=8,
                           vae_decode_chunk_frames=8),
         licence="none (random weights)", tiny=True, max_sequence_length=226,

@@ -131,8 +131,30 @@ def _generate(request, as_json: bool) -> None:
         c.print(f"[yellow]warning:[/] {w}")
     for n in result.plan.notes:
         c.print(f"[cyan]changed:[/] {n}")
+    for d in result.plan.degraded:
+        c.print(f"[yellow]degraded:[/] {d}")
     c.print(f"[green]Wrote[/] {result.path}  ({result.frames} frames, {result.width}x{result.height}, "
             f"{result.fps:g} fps, seed {result.seed}, {result.plan.strategy}, {result.timings['total_s']:.1f} s)")
+
+
+@app.command()
+def decode(
+    latents: str = typer.Argument(..., help="A .latents.safetensors file named by a failed run."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
+) -> None:
+    """Finish a run that failed while decoding: decode its saved latents (VAE tiling on) into an MP4."""
+    try:
+        from .generation import decode_saved
+
+        result = decode_saved(latents, output=output)
+    except LocalVideoError as e:
+        _fail(e, as_json)
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False))
+        return
+    _console().print(f"[green]Wrote[/] {result.path}  ({result.frames} frames, {result.width}x{result.height}, "
+                     f"{result.fps:g} fps, seed {result.seed})")
 
 
 @models_app.command("list")

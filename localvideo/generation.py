@@ -15,9 +15,9 @@ from pathlib import Path
 
 from . import __version__
 from .catalog import ModelSpec, get_model
-from .errors import OutputError
+from .errors import Cancelled, OutputError
 from .hardware import Hardware, probe
-from .planner import Plan, plan as make_plan
+from .planner import Plan, plan as make_plan, replan
 from .prompts import prepare_prompt
 from .request import GenerationRequest
 from .settings import Settings, get_settings
@@ -65,7 +65,8 @@ class GenerationResult:
             "random_weights": self.plan.random_weights, "seed": self.seed, "frames": self.frames,
             "width": self.width, "height": self.height, "fps": self.fps, "strategy": self.plan.strategy,
             "vae_tiling": self.plan.vae_tiling, "cache_hit": self.cache_hit, "timings": self.timings,
-            "notes": list(self.plan.notes), "warnings": self.warnings, "metadata": self.metadata,
+            "notes": list(self.plan.notes), "degraded": list(self.plan.degraded), "warnings": self.warnings,
+            "metadata": self.metadata,
         }
 
 
@@ -124,6 +125,7 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
         "dtype": plan.dtype,
         "flow_shift": plan.flow_shift,
         "notes": list(plan.notes),
+        "degraded": list(plan.degraded),
         "licence": spec.licence,
         "diffusers_version": diffusers.__version__,
         "torch_version": torch.__version__,
@@ -133,7 +135,7 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
 
 def generate(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
              on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
-             **fields) -> GenerationResult:
+             guard=None, keep_latents: bool = False, **fields) -> GenerationResult:
     """Generate one video and return where it is and how it was made.
 
     ``fields`` are :class:`GenerationRequest` fields (``model``, ``width``, ``height``, ``num_frames``, ``fps``,
@@ -143,9 +145,13 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     The prompt is first expanded for the model's family (``expand_prompt``) or rewritten by a local LLM
     (``enhance``); pass ``prompt_info`` (from :func:`localvideo.prompts.prepare_prompt`) when that was done already.
     The metadata records ``original_prompt``, ``prompt_source`` (engine | llm | as-typed) and the hints.
+    Out-of-memory errors walk down the ladder in :mod:`localvideo.runtime.recovery`; the rungs taken are in
+    ``result.plan.degraded`` and the metadata. Latents are saved before decode and removed after a written MP4
+    (kept with ``keep_latents=True``, or when decoding fails so that ``localvideo decode`` can finish the run).
     """
-    from .media.encode import VideoWriter, check_output_path, write_sidecar
-    from .runtime import runner, store
+    from .media.encode import check_output_path
+    from .runtime import latents as latents_io
+    from .runtime import recovery, runner, store
 
     t_start = time.perf_counter()
     settings = settings or get_settings()
@@ -164,14 +170,35 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
 
     cache = cache if cache is not None else default_cache(settings)
     emit(runner.Progress("loading", 0, plan.steps, time.perf_counter() - t_start))
-    t_load = time.perf_counter()
-    pipe, hit = runner.get_pipeline(cache, spec, model_path, plan)
-    load_s = time.perf_counter() - t_load
-    out = runner.run(pipe, plan, on_progress=on_progress, cancel=cancel, cache_hit=hit, load_s=load_s)
+    latents_file = latents_io.latents_path_for(out_path, settings.home / "latents")
+    try:
+        out = recovery.generate_frames(spec, model_path, plan, cache, on_progress=on_progress, cancel=cancel,
+                                       guard=guard, latents_path=latents_file)
+    except Cancelled:
+        latents_file.unlink(missing_ok=True)
+        raise
+    timings = {"load_s": round(out.load_s, 3), "denoise_s": round(out.denoise_s, 3),
+               "decode_s": round(out.decode_s, 3)}
+    result = record(out.frames, out.plan, spec, out_path, timings, t_start, on_progress=on_progress,
+                    extra={**prompt_info.metadata(),
+                           **({"attempts": out.attempts, "ooms": out.ooms} if out.ooms else {})})
+    result.cache_hit = out.cache_hit
+    if not keep_latents:
+        latents_file.unlink(missing_ok=True)
+    return result
 
-    emit(runner.Progress("encoding", plan.steps, plan.steps, time.perf_counter() - t_start))
-    timings = {"load_s": round(load_s, 3), "denoise_s": round(out.denoise_s, 3), "decode_s": round(out.decode_s, 3)}
-    metadata = build_metadata(plan, spec, timings) | prompt_info.metadata()
+
+def record(frames, plan: Plan, spec: ModelSpec, out_path: Path, timings: dict, t_start: float, *,
+           on_progress=None, extra: dict | None = None) -> GenerationResult:
+    """Encode frames to the MP4 (atomically) and write its metadata: tags and the JSON sidecar."""
+    from .media.encode import VideoWriter, write_sidecar
+    from .runtime import runner
+
+    if on_progress is not None:
+        on_progress(runner.Progress("encoding", plan.steps, plan.steps, time.perf_counter() - t_start))
+    metadata = build_metadata(plan, spec, timings)
+    if extra:
+        metadata.update(extra)
     t_enc = time.perf_counter()
     tags = {
         "title": plan.prompt[:200],
@@ -180,7 +207,7 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     }
     try:
         with VideoWriter(out_path, fps=plan.fps, metadata=tags) as writer:
-            writer.write(out.frames)
+            writer.write(frames)
     except OSError as e:
         raise OutputError(f"Could not write {out_path}: {e}", hint="Choose another --output folder.") from e
     enc = writer.result
@@ -190,13 +217,59 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     metadata["file"] = {"path": str(enc.path), "bytes": enc.bytes, "frames": enc.frames, "width": enc.width,
                         "height": enc.height, "padded": enc.padded}
     sidecar = write_sidecar(enc.path, metadata)
-    emit(runner.Progress("done", plan.steps, plan.steps, time.perf_counter() - t_start, 0.0))
+    if on_progress is not None:
+        on_progress(runner.Progress("done", plan.steps, plan.steps, time.perf_counter() - t_start, 0.0))
     return GenerationResult(path=enc.path, sidecar=sidecar, plan=plan, metadata=metadata, timings=timings,
-                            cache_hit=hit, frames=enc.frames, width=enc.width, height=enc.height, fps=enc.fps,
+                            cache_hit=False, frames=enc.frames, width=enc.width, height=enc.height, fps=enc.fps,
                             warnings=list(plan.warnings))
+
+
+def decode_saved(latents_file: str | Path, *, output: str | None = None, hardware: Hardware | None = None,
+                 cache=None, settings: Settings | None = None, on_progress=None) -> GenerationResult:
+    """Finish a run whose decode failed: decode saved latents (VAE tiling on) and write the MP4 with metadata."""
+    from dataclasses import replace
+
+    from .media.encode import check_output_path
+    from .planner import Plan as PlanCls
+    from .runtime import latents as latents_io
+    from .runtime import recovery, runner, store
+
+    t_start = time.perf_counter()
+    settings = settings or get_settings()
+    saved = latents_io.load(latents_file)
+    spec = get_model(saved.plan["model"])
+    plan = PlanCls.from_dict(saved.plan, spec)
+    hw = hardware if hardware is not None else probe(settings.home)
+    device = plan.device
+    if device != "cpu" and not any(g.device == device for g in hw.gpus):
+        device = hw.best_gpu.device if hw.gpus else "cpu"
+    plan = replan(replace(plan, device=device, strategy=plan.strategy if device != "cpu" else "resident",
+                          output=output), spec, vae_tiling=True,
+                  degraded=f"decoded later from saved latents ({Path(latents_file).name}) with VAE tiling")
+    out_path = check_output_path(output_path_for(plan, settings))
+    model_path = store.locate(spec, settings)
+    cache = cache if cache is not None else default_cache(settings)
+    t = time.perf_counter()
+    pipe, hit = runner.get_pipeline(cache, spec, model_path, plan)
+    load_s = time.perf_counter() - t
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(plan.seed)
+    if on_progress is not None:
+        on_progress(runner.Progress("decoding", plan.steps, plan.steps, time.perf_counter() - t_start))
+    t = time.perf_counter()
+    frames, plan = recovery.decode_with_recovery(pipe, spec, plan, saved.latents, generator, saved.generator_state,
+                                                 latents_path=Path(latents_file))
+    timings = {"load_s": round(load_s, 3), "denoise_s": 0.0, "decode_s": round(time.perf_counter() - t, 3)}
+    result = record(frames, plan, spec, out_path, timings, t_start, on_progress=on_progress,
+                    extra={"decoded_from": str(latents_file)})
+    result.cache_hit = hit
+    return result
 
 
 def _summary(plan: Plan) -> str:
     rw = " [RANDOM WEIGHTS]" if plan.random_weights else ""
+    degraded = f"; degraded: {'; '.join(plan.degraded)}" if plan.degraded else ""
     return (f"localvideo {__version__}: {plan.model}{rw}, seed {plan.seed}, {plan.steps} steps, "
-            f"guidance {plan.guidance:g}, {plan.width}x{plan.height}, {plan.num_frames} frames @ {plan.fps:g} fps")
+            f"guidance {plan.guidance:g}, {plan.width}x{plan.height}, {plan.num_frames} frames @ {plan.fps:g} fps"
+            f"{degraded}")

@@ -212,6 +212,22 @@ class Plan:
         d["degraded"] = list(self.degraded)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict, spec: ModelSpec) -> "Plan":
+        """Rebuild a plan written by :meth:`to_dict` (e.g. from saved latents); the estimate is recomputed."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names and k != "estimate"}
+        for k in ("notes", "reasons", "warnings", "degraded"):
+            kw[k] = tuple(kw.get(k, ()))
+        kw["latent_shape"] = tuple(kw["latent_shape"])
+        kw["budget_device_bytes"] = int(d.get("budget_device_gb", 0) * GB)
+        kw["budget_host_bytes"] = int(d.get("budget_host_gb", 0) * GB)
+        kw["estimate"] = estimate_memory(spec, kw["width"], kw["height"], kw["num_frames"], kw["strategy"],
+                                         kw["vae_tiling"], compute_dtype=kw["dtype"], on_cpu=kw["device"] == "cpu")
+        return cls(**kw)
+
     def explain(self) -> list[str]:
         e = self.estimate
         lines = [

@@ -63,6 +63,11 @@ class PipelineCache:
                 self._evict(next(iter(self._items)))
             return value, False
 
+    def evict(self, key: Hashable) -> None:
+        with self._lock:
+            if key in self._items:
+                self._evict(key)
+
     def evict_all(self) -> None:
         with self._lock:
             for k in list(self._items):

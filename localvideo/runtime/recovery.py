@@ -1,0 +1,162 @@
+"""Runs that survive running out of memory.
+
+The ladder: on a typed ``torch.OutOfMemoryError`` (never a substring match on a message), free memory and step
+down one rung at a time, with a bounded number of attempts:
+
+1. VAE tiling — for an OOM while decoding: the decode alone is retried, tiled, from the kept latents;
+2. a stronger offload — model → group (block) → group (leaf) → sequential (on a CPU-only machine: group
+   block → group leaf);
+3. fewer frames (to ~60 %, on the model's frame rule: 81 → 49);
+4. a lower resolution (to ~75 % per side, on the model's size multiple).
+
+Rungs that cannot lower the failing phase are skipped (tiling does not help loading or denoising). Every rung
+taken is recorded in the plan (``plan.degraded``) and so in the MP4 tags and sidecar. Denoised latents are saved
+to disk before decoding; when decoding fails for good, the error names ``localvideo decode FILE`` to finish later.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..catalog import ModelSpec
+from ..errors import DoesNotFit, GenerationFailed
+from ..planner import CPU_STRATEGIES, GPU_STRATEGIES, Plan, replan, snap_size
+from . import latents as latents_io
+from . import runner
+from .cache import PipelineCache
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+FRAME_FACTOR = 0.6
+SIZE_FACTOR = 0.75
+PHASE_WORDS = {"load": "loading", "denoise": "denoising", "decode": "decoding", "text": "encoding the prompt"}
+
+
+@dataclass
+class Outcome:
+    frames: object  # np.ndarray (F, H, W, 3)
+    plan: Plan  # the plan that produced the frames (degraded rungs recorded in plan.degraded)
+    load_s: float
+    denoise_s: float
+    decode_s: float
+    cache_hit: bool
+    attempts: int
+    latents_path: Path | None
+    ooms: list[str] = field(default_factory=list)
+
+
+def _oom_type():
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def free_memory(cache: PipelineCache | None = None, key=None) -> None:
+    if cache is not None and key is not None and key in cache:
+        cache.evict(key)
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def next_rung(plan: Plan, spec: ModelSpec, phase: str) -> Plan | None:
+    """The plan one rung down the ladder for an OOM in ``phase``, or None when the ladder is exhausted."""
+    why = f"after OOM while {PHASE_WORDS.get(phase, phase)}"
+    if phase == "decode" and not plan.vae_tiling:
+        return replan(plan, spec, vae_tiling=True, degraded=f"VAE tiling on {why} (denoising kept)")
+    order = CPU_STRATEGIES if plan.device == "cpu" else GPU_STRATEGIES
+    if plan.strategy in order:
+        later = order[order.index(plan.strategy) + 1:]
+        if later:
+            return replan(plan, spec, strategy=later[0], degraded=f"strategy {plan.strategy} → {later[0]} {why}")
+    rule = spec.frame_rule
+    if plan.num_frames > 1:
+        target = int((plan.num_frames - 1) * FRAME_FACTOR) + 1
+        frames = rule.step * ((target - 1) // rule.step) + 1  # round down onto the rule
+        frames = min(frames, plan.num_frames - rule.step)
+        if frames >= 1:
+            return replan(plan, spec, num_frames=frames, degraded=f"frames {plan.num_frames} → {frames} {why}")
+    m = spec.size_multiple
+    if not spec.fixed_size and (plan.width > m or plan.height > m):
+        w = min(plan.width - m, snap_size(int(plan.width * SIZE_FACTOR), m)) if plan.width > m else plan.width
+        h = min(plan.height - m, snap_size(int(plan.height * SIZE_FACTOR), m)) if plan.height > m else plan.height
+        return replan(plan, spec, width=max(m, w), height=max(m, h),
+                      degraded=f"size {plan.width}x{plan.height} → {max(m, w)}x{max(m, h)} {why}")
+    return None
+
+
+def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: PipelineCache, *,
+                    on_progress=None, cancel=None, guard: runner.MemoryGuard | None = None,
+                    latents_path: Path | None = None, max_attempts: int = MAX_ATTEMPTS) -> Outcome:
+    """Load (warm cache), denoise and decode, walking down the OOM ladder as needed."""
+    OOM = _oom_type()
+    attempts, ooms = 0, []
+    load_s = 0.0
+    while True:
+        attempts += 1
+        key = runner.cache_key(spec, model_path, plan)
+        phase = "load"
+        try:
+            t = time.perf_counter()
+            pipe, hit = runner.get_pipeline(cache, spec, model_path, plan, guard)
+            load_s += time.perf_counter() - t
+            phase = "denoise"
+            den = runner.denoise(pipe, plan, on_progress, cancel, guard)
+            break
+        except OOM as e:
+            ooms.append(f"{phase}: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")
+            log.warning("out of memory while %s (attempt %d): %s", PHASE_WORDS[phase], attempts, e)
+            free_memory(cache, key)
+            lower = next_rung(plan, spec, phase) if attempts < max_attempts else None
+            if lower is None:
+                raise DoesNotFit(
+                    f"{spec.id} ran out of memory while {PHASE_WORDS[phase]} {attempts} times; every step down "
+                    f"the ladder was tried ({'; '.join(plan.degraded) or 'none possible'}).",
+                    hint="Close other GPU programs, or ask for fewer frames or a smaller size.",
+                    model=spec.id, degraded=list(plan.degraded)) from None
+            plan = lower
+            if on_progress is not None:
+                on_progress(runner.Progress("loading", 0, plan.steps, 0.0, None))
+
+    if latents_path is not None:
+        latents_io.save(latents_path, den.latents, den.generator_state, plan.to_dict())
+    if on_progress is not None:
+        on_progress(runner.Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
+    t = time.perf_counter()
+    frames, plan = decode_with_recovery(pipe, spec, plan, den.latents, den.generator, den.generator_state,
+                                        guard=guard, latents_path=latents_path, ooms=ooms)
+    return Outcome(frames, plan, load_s, den.denoise_s, time.perf_counter() - t, hit, attempts, latents_path, ooms)
+
+
+def decode_with_recovery(pipe, spec: ModelSpec, plan: Plan, latents, generator=None, generator_state=None, *,
+                         guard: runner.MemoryGuard | None = None, latents_path: Path | None = None,
+                         ooms: list[str] | None = None):
+    """Decode; on OOM retry the decode only, tiled. Never re-runs denoising. Returns (frames, plan)."""
+    OOM = _oom_type()
+    ooms = ooms if ooms is not None else []
+    while True:
+        try:
+            return runner.decode_latents(pipe, plan, latents, generator, generator_state, guard), plan
+        except OOM as e:
+            ooms.append(f"decode: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")
+            free_memory()
+            if not plan.vae_tiling:
+                plan = next_rung(plan, spec, "decode")
+                continue
+            where = f" The denoised latents are saved at {latents_path}." if latents_path else ""
+            raise GenerationFailed(
+                f"Decoding ran out of memory even with VAE tiling.{where}",
+                hint=(f"Free GPU memory, then finish it with: localvideo decode {latents_path}" if latents_path
+                      else "Free GPU memory and try again."),
+                latents=str(latents_path) if latents_path else None,
+            ) from None

@@ -14,6 +14,7 @@ from localvideo.errors import Cancelled
 from localvideo.hardware import Hardware
 from localvideo.media.probe import probe, read_frames
 from localvideo.planner import plan as make_plan
+from localvideo.prompts import expand
 from localvideo.request import GenerationRequest
 from localvideo.runtime import runner, store
 from localvideo.runtime.cache import PipelineCache
@@ -45,7 +46,9 @@ def test_each_tiny_family_writes_a_decodable_mp4_that_matches_its_plan(model, tm
     frames = read_frames(out)
     assert frames.shape == (r.plan.num_frames, r.plan.height, r.plan.width, 3) and frames.std() > 1  # not blank
     tags = json.loads(info.tags["localvideo"])
-    for key, value in {"prompt": PROMPT, "model": model, "seed": 7, "steps": 2, "fps": 12.0,
+    expanded = expand(PROMPT, get_model(model).family)  # the prompt engine rewrote it for the family
+    for key, value in {"original_prompt": PROMPT, "prompt": expanded.prompt, "prompt_source": "engine",
+                       "negative_prompt": expanded.negative_prompt, "model": model, "seed": 7, "steps": 2, "fps": 12.0,
                        "num_frames": r.plan.num_frames, "width": r.plan.width, "height": r.plan.height,
                        "strategy": "resident", "random_weights": True}.items():
         assert tags[key] == value, key

@@ -708,7 +708,7 @@ def _generate(tok, model, messages, spec: EnhancerSpec, *, max_new_tokens: int, 
 
 
 def enhance(prompt: str, family: str, *, model: str = DEFAULT_ENHANCER, stream: Callable[[str], None] | None = None,
-            stop: threading.Event | None = None, max_new_tokens: int | None = None,
+            stop: threading.Event | Callable[[], bool] | None = None, max_new_tokens: int | None = None,
             hardware: Hardware | None = None, settings: Settings | None = None, keep_loaded: bool = False,
             timeout_s: float = 300.0) -> EnhanceResult:
     """Rewrite ``prompt`` for ``family`` with a local LLM; validated text or the engine's expansion (with why).
@@ -725,7 +725,7 @@ def enhance(prompt: str, family: str, *, model: str = DEFAULT_ENHANCER, stream: 
 
         hardware = probe(settings.home)
     device, dtype = check_fits(spec, hardware)
-    stop = stop if stop is not None else threading.Event()
+    stop = _as_event(stop)
     if stop.is_set():
         raise Cancelled("Prompt enhancement was stopped before it started.")
     path = locate(spec, settings)
@@ -751,6 +751,27 @@ def enhance(prompt: str, family: str, *, model: str = DEFAULT_ENHANCER, stream: 
     log.info(reason)
     return EnhanceResult(prompt=fallback.prompt, source="engine", reason_if_fallback=reason,
                          changes=[reason, *fallback.changes], **common)
+
+
+class _CallableStop(threading.Event):
+    """A stop Event that also asks a ``cancel()`` callable (generation's cancel may be either)."""
+
+    def __init__(self, check: Callable[[], bool]):
+        super().__init__()
+        self._check = check
+
+    def is_set(self) -> bool:
+        if not super().is_set() and self._check():
+            self.set()
+        return super().is_set()
+
+
+def _as_event(stop) -> threading.Event:
+    if stop is None:
+        return threading.Event()
+    if isinstance(stop, threading.Event):
+        return stop
+    return _CallableStop(stop)
 
 
 def _free_device(device: str) -> None:

@@ -61,6 +61,16 @@ def generate(
     vram: Optional[float] = typer.Option(None, "--vram", help="Plan for a hypothetical GPU with this many GB "
                                                               "(only with --dry-run)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result (or plan)."),
+    show_prompt: bool = typer.Option(False, "--show-prompt", help="Print the prompt and negative prompt the model "
+                                                                  "will read, then continue (with --dry-run: only "
+                                                                  "show)."),
+    expand: bool = typer.Option(True, "--expand/--no-expand", help="Rewrite the prompt in the style the model's "
+                                "family was trained on; hints like [dolly in] [golden hour] [anime] are understood. "
+                                "--no-expand sends the prompt as typed."),
+    enhance: bool = typer.Option(False, "--enhance", help="Rewrite the prompt with a local LLM (validated; falls back "
+                                                          "to the prompt engine with the reason)."),
+    enhancer: Optional[str] = typer.Option(None, "--enhancer", help="Enhancer id or local model folder (implies "
+                                           "--enhance; default qwen2.5-1.5b-instruct)."),
 ) -> None:
     """Generate a video from a text prompt."""
     from .request import GenerationRequest
@@ -68,7 +78,11 @@ def generate(
     try:
         fields = dict(prompt=prompt, model=model, width=width, height=height, num_frames=frames, fps=fps, steps=steps,
                       guidance=guidance, seed=seed, negative_prompt=negative, output=output, strategy=strategy,
-                      vae_tiling=vae_tiling)
+                      vae_tiling=vae_tiling, expand_prompt=expand)
+        if enhance or enhancer:
+            from .prompts.enhancer import DEFAULT_ENHANCER
+
+            fields["enhance"] = enhancer or DEFAULT_ENHANCER
         from .planner import GPU_STRATEGIES
 
         if strategy != "auto" and strategy not in GPU_STRATEGIES:
@@ -81,15 +95,49 @@ def generate(
             from .errors import InvalidRequest
 
             raise InvalidRequest("--vram only makes sense with --dry-run.", hint="Add --dry-run.")
+        prompt_info = None
+        if show_prompt or request.enhance:  # here, so the text can stream and be shown before the plan
+            request, prompt_info = _prepare_prompt(request, as_json, show_prompt)
         if dry_run:
-            _dry_run(request, vram, as_json)
+            _dry_run(request, vram, as_json, prompt_info)
             return
-        _generate(request, as_json)
+        _generate(request, as_json, prompt_info)
     except LocalVideoError as e:
         _fail(e, as_json)
 
 
-def _dry_run(request, vram: float | None, as_json: bool) -> None:
+def _prepare_prompt(request, as_json: bool, show: bool):
+    """Expand (engine) or enhance (local LLM, streamed to stderr) the prompt; print it when asked."""
+    from .catalog import get_model
+    from .prompts import prepare_prompt
+
+    spec = get_model(request.model)
+    err = _console(stderr=True)
+    stream = None
+    if request.enhance and not as_json:
+        err.print(f"enhancing the prompt with {request.enhance}…", style="dim", markup=False)
+
+        def stream(chunk: str) -> None:
+            err.print(chunk, end="", style="dim", markup=False, highlight=False)
+
+    request, info = prepare_prompt(request, spec.family, stream=stream)  # Ctrl-C stops the LLM, then exits
+    if stream is not None:
+        err.print()
+    if show and not as_json:
+        c = _console()
+        how = {"engine": "expanded by the prompt engine", "llm": f"rewritten by {info.enhancer}",
+               "as-typed": "as typed"}[info.source]
+        negative = request.negative_prompt if request.negative_prompt is not None else spec.defaults.negative_prompt
+        c.print(f"[bold]Prompt[/] ({how}, for {spec.family})")
+        c.print("  " + info.prompt, markup=False)
+        c.print("[bold]Negative prompt[/]")
+        c.print("  " + (negative or "(none)"), markup=False)
+        for change in info.changes:
+            c.print("  - " + change, markup=False, style="yellow" if change == info.fallback_reason else None)
+    return request, info
+
+
+def _dry_run(request, vram: float | None, as_json: bool, prompt_info=None) -> None:
     from .generation import prepare
     from .hardware import Hardware, probe
     from .settings import get_settings
@@ -97,7 +145,8 @@ def _dry_run(request, vram: float | None, as_json: bool) -> None:
     hw = Hardware.assumed(vram) if vram is not None else probe(get_settings().home)
     spec, plan = prepare(request, hw)
     if as_json:
-        print(json.dumps({"ok": True, "dry_run": True, "plan": plan.to_dict()}, ensure_ascii=False))
+        print(json.dumps({"ok": True, "dry_run": True, "plan": plan.to_dict(),
+                          **({"prompt": prompt_info.to_dict()} if prompt_info else {})}, ensure_ascii=False))
         return
     c = _console()
     c.print("[bold]Plan[/] (dry run, nothing generated)")
@@ -105,7 +154,7 @@ def _dry_run(request, vram: float | None, as_json: bool) -> None:
         c.print("  " + line, markup=False)
 
 
-def _generate(request, as_json: bool) -> None:
+def _generate(request, as_json: bool, prompt_info=None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .generation import generate as run_generation
@@ -122,7 +171,7 @@ def _generate(request, as_json: bool) -> None:
             console.print(f"{p.phase}…")
 
     with progress:
-        result = run_generation(request=request, on_progress=on_progress)
+        result = run_generation(request=request, on_progress=on_progress, prompt_info=prompt_info)
     if as_json:
         print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False))
         return
@@ -185,6 +234,19 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
         t.add_row(rid, ",".join(r["tasks"]), f"{r['weights_gb']:.1f} GB", f"{d['width']}x{d['height']}",
                   f"{d['frames']} ({c['frame_rule']}, ≤{c['max_frames']})", inst, r["licence"])
     _console().print(t)
+    from .prompts.enhancer import all_enhancers, locate as locate_enhancer
+
+    e = Table(title="prompt enhancers (optional: --enhance / --enhancer ID)")
+    for col in ("id", "params", "weights", "installed", "licence"):
+        e.add_column(col)
+    for spec in all_enhancers():
+        try:
+            installed = "built on first use" if spec.tiny else ("[green]yes[/]" if locate_enhancer(spec) else "no")
+        except LocalVideoError:
+            installed = "no"
+        e.add_row(spec.id + ("\n[red]RANDOM WEIGHTS[/]" if spec.tiny else ""), f"{spec.params / 1e9:.2f} B",
+                  f"{spec.weights_bytes / 1e9:.1f} GB", installed, spec.licence)
+    _console().print(e)
 
 
 @models_app.command("show")
@@ -224,8 +286,14 @@ def models_pull(model_id: str) -> None:
     from .runtime.store import pull
 
     try:
-        m = get_model(model_id)
-        installed = pull(m)
+        from .prompts.enhancer import get_enhancer, is_enhancer, pull as pull_enhancer
+
+        if is_enhancer(model_id):  # prompt enhancers (LLMs) are pulled like video models
+            m = get_enhancer(model_id)
+            installed = pull_enhancer(m)
+        else:
+            m = get_model(model_id)
+            installed = pull(m)
     except LocalVideoError as e:
         _fail(e, False)
     _console().print(f"[green]{m.id}[/] is installed at {installed.path} ({installed.size_bytes / 1e9:.2f} GB)")

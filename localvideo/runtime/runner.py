@@ -80,18 +80,24 @@ def load_pipeline(spec: ModelSpec, path: Path, plan: Plan):
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    cls = getattr(diffusers, spec.pipeline, None) or diffusers.DiffusionPipeline
+    cls = getattr(diffusers, plan.pipeline, None) or diffusers.DiffusionPipeline  # t2v or i2v class
     dtypes: dict[str, Any] = {"default": _torch_dtype(plan.dtype)}
     for comp, name in spec.component_dtypes.items():
         # keep fp32 islands (e.g. Wan's VAE); other overrides follow the plan's dtype on CPU
         dtypes[comp] = _torch_dtype(name if (name == "float32" or plan.device != "cpu") else plan.dtype)
+    from . import options  # quantization, LoRAs, attention backend, compile (localvideo.runtime.options)
+
     try:
-        pipe = cls.from_pretrained(str(path), dtype=dtypes, local_files_only=True)
+        task_kwargs = spec.i2v_load_kwargs if plan.task == "i2v" else {}
+        pipe = cls.from_pretrained(str(path), dtype=dtypes, local_files_only=True, **task_kwargs,
+                                   **options.load_kwargs(path, plan))
     except OSError as e:
         raise GenerationFailed(f"Could not load {spec.id} from {path}: {e}",
                                hint=f"The files may be incomplete; run `localvideo models pull {spec.id}` again.") from e
     pipe.set_progress_bar_config(disable=True)
+    options.before_strategy(pipe, plan)
     apply_strategy(pipe, plan)
+    options.after_strategy(pipe, plan)
     return pipe
 
 
@@ -123,7 +129,9 @@ def apply_strategy(pipe, plan: Plan) -> None:
 
 
 def cache_key(spec: ModelSpec, path: Path, plan: Plan) -> tuple:
-    return (spec.id, str(path), plan.dtype, plan.device, plan.strategy)
+    from .options import pipeline_key
+
+    return (spec.id, str(path), plan.dtype, plan.device, plan.strategy) + pipeline_key(plan) + (plan.pipeline,)
 
 
 def get_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None):
@@ -150,6 +158,9 @@ class MemoryGuard:
 
 
 def _configure_for_run(pipe, plan: Plan) -> None:
+    from .options import configure_run
+
+    configure_run(pipe, plan)  # step cache (removed when the plan has none) and LoRA weights
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         if plan.vae_tiling and hasattr(vae, "enable_tiling"):
@@ -197,14 +208,14 @@ class Denoised:
 
 
 def denoise(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
-            guard: MemoryGuard | None = None) -> Denoised:
+            guard: MemoryGuard | None = None, inputs: dict | None = None) -> Denoised:
     """Run the denoising loop and stop before the VAE: returns latents. Same plan (and seed) → same latents."""
     import torch
 
     if plan.family not in DECODABLE:
         raise GenerationFailed(f"localvideo cannot decode latents of the '{plan.family}' family.")
     _configure_for_run(pipe, plan)
-    kwargs = call_kwargs(pipe, plan)
+    kwargs = call_kwargs(pipe, plan) | (inputs or {})  # inputs: conditioning images (PIL) for i2v
     generator = torch.Generator("cpu").manual_seed(plan.seed)
     t0 = time.perf_counter()
 
@@ -262,9 +273,9 @@ def decode_latents(pipe, plan: Plan, latents, generator=None, generator_state=No
 
 
 def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
-        cache_hit: bool = False, load_s: float = 0.0) -> RunOutput:
+        cache_hit: bool = False, load_s: float = 0.0, inputs: dict | None = None) -> RunOutput:
     """Denoise then decode, without recovery (the OOM ladder lives in :mod:`localvideo.runtime.recovery`)."""
-    den = denoise(pipe, plan, on_progress, cancel)
+    den = denoise(pipe, plan, on_progress, cancel, inputs=inputs)
     if on_progress is not None:
         on_progress(Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
     t = time.perf_counter()

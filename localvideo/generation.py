@@ -130,6 +130,7 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
         "diffusers_version": diffusers.__version__,
         "torch_version": torch.__version__,
         "timings": timings or {},
+        **plan.run_options(),  # quantization, gguf_path, step_cache(+params), loras, attention, compile
     }
 
 

@@ -151,7 +151,7 @@ def parse_loras(value) -> tuple[tuple[str, float], ...]:
     pairs (weight 1.0 when none is given). Raises ValueError naming the file that is missing or repeated."""
     from pathlib import Path
 
-    if value is None:
+    if value is None or (isinstance(value, (list, tuple)) and not value):
         return ()
     if isinstance(value, (str, tuple)) and not (isinstance(value, tuple) and value and
                                                 isinstance(value[0], (list, tuple, str))):

@@ -71,6 +71,19 @@ def generate(
                                                           "to the prompt engine with the reason)."),
     enhancer: Optional[str] = typer.Option(None, "--enhancer", help="Enhancer id or local model folder (implies "
                                            "--enhance; default qwen2.5-1.5b-instruct)."),
+    quantization: str = typer.Option("auto", "--quantization", help="Transformer storage: auto (fp8 only when "
+                                     "nothing else fits short of sequential offload), none, fp8, int8, gguf."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="A GGUF single-file transformer for this model (e.g. "
+                                                            "Q8_0, Q4_K); implies --quantization gguf."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Step cache, off by default: fbc, mag or taylor, "
+                                        "optionally :value (fbc:0.1 threshold, taylor:3 interval; run mag:calibrate "
+                                        "once before mag)."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA file with an optional weight, "
+                                                                   "PATH[:WEIGHT] (repeatable)."),
+    attention: str = typer.Option("sdpa", "--attention", help="Attention backend: sdpa, flash, sage (falls back "
+                                                              "to sdpa with a warning when not installed)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer's repeated blocks "
+                                                           "(the first run is slower while it compiles)."),
 ) -> None:
     """Generate a video from a text prompt."""
     from .request import GenerationRequest
@@ -83,6 +96,8 @@ def generate(
             from .prompts.enhancer import DEFAULT_ENHANCER
 
             fields["enhance"] = enhancer or DEFAULT_ENHANCER
+        fields.update(quantization=quantization, gguf_path=gguf, cache=cache, loras=tuple(lora or ()),
+                      attention=attention, compile=compile_)  # run options (localvideo.runtime.options)
         from .planner import GPU_STRATEGIES
 
         if strategy != "auto" and strategy not in GPU_STRATEGIES:

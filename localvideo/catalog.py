@@ -112,6 +112,8 @@ class ModelSpec:
     description: str = ""
     config_dir: str | None = None  # under model_configs/; None for tiny models
     i2v_pipeline: str | None = None
+    i2v_load_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs for the i2v pipeline
+    supports_last_image: bool = False  # the i2v pipeline also conditions on a last frame
     component_dtypes: dict[str, str] = field(default_factory=dict)  # overrides of dtype per component (e.g. vae fp32)
     fixed_size: bool = False  # only the default size works (learned positional embeddings)
     call_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the pipeline call
@@ -289,6 +291,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="wan2.1-i2v-14b-480p", name="Wan 2.1 I2V 14B 480P", repo="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
         pipeline="WanImageToVideoPipeline", i2v_pipeline="WanImageToVideoPipeline", family="wan", tasks=("i2v",),
+        supports_last_image=True,
         dtype="bfloat16", component_dtypes={"vae": "float32", "image_encoder": "float32"},
         frame_rule=FrameRule(4), size_multiple=16, max_frames=129, max_pixels=832 * 480,
         defaults=Defaults(832, 480, 81, 50, 5.0, 16, flow_shift=3.0, negative_prompt=WAN_NEGATIVE),
@@ -298,6 +301,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="wan2.2-ti2v-5b", name="Wan 2.2 TI2V 5B", repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
         pipeline="WanPipeline", i2v_pipeline="WanImageToVideoPipeline", family="wan", tasks=("t2v", "i2v"),
+        i2v_load_kwargs={"expand_timesteps": True},
         dtype="bfloat16", component_dtypes={"vae": "float32"},
         frame_rule=FrameRule(4), size_multiple=32, max_frames=241, max_pixels=1280 * 704,
         defaults=Defaults(1280, 704, 121, 50, 5.0, 24, flow_shift=5.0, negative_prompt=WAN_NEGATIVE),
@@ -369,7 +373,8 @@ MODELS: tuple[ModelSpec, ...] = (
     # -- tiny models: real diffusers pipelines with random weights, built locally (tests and the offline demo) ---
     ModelSpec(
         id="tiny-wan", name="Tiny Wan (random weights)", repo="local:tiny-wan", pipeline="WanPipeline",
-        family="wan", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(4), size_multiple=16, max_frames=65,
+        i2v_pipeline="WanImageToVideoPipeline", i2v_load_kwargs={"expand_timesteps": True},  # Wan2.2-TI2V style
+        family="wan", tasks=("t2v", "i2v"), dtype="float32", frame_rule=FrameRule(4), size_multiple=16, max_frames=65,
         max_pixels=512 * 512, defaults=Defaults(128, 128, 17, 4, 5.0, 16, flow_shift=3.0),
         geometry=Geometry(8, 4, 16, (1, 2, 2), cfg_batch=1, vae_decoder_channels=3, vae_decode_chunk_frames=4),
         licence="none (random weights)", tiny=True,
@@ -378,7 +383,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         id="tiny-ltx", name="Tiny LTX-Video (random weights)", repo="local:tiny-ltx", pipeline="LTXPipeline",
-        family="ltx", tasks=("t2v",), dtype="float32", frame_rule=FrameRule(8), size_multiple=32, max_frames=65,
+        i2v_pipeline="LTXImageToVideoPipeline", family="ltx", tasks=("t2v", "i2v"), dtype="float32", frame_rule=FrameRule(8), size_multiple=32, max_frames=65,
         max_pixels=512 * 512, defaults=Defaults(128, 128, 17, 4, 3.0, 24),
         geometry=Geometry(8, 8, 8, (1, 1, 1), cfg_batch=2, vae_decoder_channels=8),
         licence="none (random weights)", tiny=True,

@@ -53,6 +53,10 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
     seed: Optional[int] = typer.Option(None, help="Random seed (same seed → same video). Default: random, recorded."),
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (default: the model's)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image-to-video: the first frame (a photo). It is "
+                                                              "center-cropped to the video's aspect and resized."),
+    last_image: Optional[str] = typer.Option(None, "--last-image", help="Image-to-video: the last frame, where the "
+                                                                        "model supports it."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
     strategy: str = typer.Option("auto", help="Memory strategy: auto, resident, model_offload, group_offload, "
                                               "group_offload_leaf, sequential_offload."),
@@ -91,7 +95,7 @@ def generate(
     try:
         fields = dict(prompt=prompt, model=model, width=width, height=height, num_frames=frames, fps=fps, steps=steps,
                       guidance=guidance, seed=seed, negative_prompt=negative, output=output, strategy=strategy,
-                      vae_tiling=vae_tiling, expand_prompt=expand)
+                      vae_tiling=vae_tiling, expand_prompt=expand, image=image, last_image=last_image)
         if enhance or enhancer:
             from .prompts.enhancer import DEFAULT_ENHANCER
 
@@ -332,7 +336,8 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
         entry = {"model": m.id, "installed": find(m, settings) is not None, "random_weights": m.tiny}
         task = "t2v" if "t2v" in m.tasks else m.tasks[0]
         try:
-            p = plan(GenerationRequest(prompt="doctor", model=m.id, seed=0), m, hw, task=task)
+            p = plan(GenerationRequest(prompt="doctor", model=m.id, seed=0,
+                                       image=None if task == "t2v" else "input.png"), m, hw, task=task)
             entry |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
                       "peak_gb": round(p.estimate.peak_device_bytes / GB, 1)}
         except Err as e:

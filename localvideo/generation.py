@@ -77,7 +77,14 @@ def prepare(request: GenerationRequest, hardware: Hardware | None = None,
     spec = get_model(request.model)
     hw = hardware if hardware is not None else probe(settings.home)
     request, _ = prepare_prompt(request, spec.family, hardware=hw, settings=settings)  # no-op once prepared
-    return spec, make_plan(request, spec, hw)
+    size = None
+    if request.image:
+        from .runtime.conditioning import image_size
+
+        size = image_size(request.image)  # validates the image before anything heavy
+        if request.last_image:
+            image_size(request.last_image)
+    return spec, make_plan(request, spec, hw, image_size=size)
 
 
 def output_path_for(plan: Plan, settings: Settings) -> Path:
@@ -111,6 +118,7 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
         "model": plan.model,
         "repo": plan.repo,
         "pipeline": plan.pipeline,
+        "task": plan.task,
         "random_weights": plan.random_weights,
         "seed": plan.seed,
         "steps": plan.steps,
@@ -172,16 +180,33 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     cache = cache if cache is not None else default_cache(settings)
     emit(runner.Progress("loading", 0, plan.steps, time.perf_counter() - t_start))
     latents_file = latents_io.latents_path_for(out_path, settings.home / "latents")
+    image_info: dict = {}
+
+    def inputs(p: Plan) -> dict:
+        """i2v conditioning images fitted to the plan's size (again if the OOM ladder shrinks it)."""
+        if not p.image:
+            return {}
+        from .runtime.conditioning import load_conditioning
+
+        first = load_conditioning(p.image, p.width, p.height)
+        image_info["input_image"] = first.info
+        out = {"image": first.image}
+        if p.last_image:
+            last = load_conditioning(p.last_image, p.width, p.height)
+            image_info["last_image"] = last.info
+            out["last_image"] = last.image
+        return out
+
     try:
         out = recovery.generate_frames(spec, model_path, plan, cache, on_progress=on_progress, cancel=cancel,
-                                       guard=guard, latents_path=latents_file)
+                                       guard=guard, latents_path=latents_file, inputs=inputs)
     except Cancelled:
         latents_file.unlink(missing_ok=True)
         raise
     timings = {"load_s": round(out.load_s, 3), "denoise_s": round(out.denoise_s, 3),
                "decode_s": round(out.decode_s, 3)}
     result = record(out.frames, out.plan, spec, out_path, timings, t_start, on_progress=on_progress,
-                    extra={**prompt_info.metadata(),
+                    extra={**prompt_info.metadata(), **image_info,
                            **({"attempts": out.attempts, "ooms": out.ooms} if out.ooms else {})})
     result.cache_hit = out.cache_hit
     if not keep_latents:

@@ -180,6 +180,9 @@ class Plan:
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     output: str | None = None
+    task: str = "t2v"
+    image: str | None = None  # i2v: input image path (first frame)
+    last_image: str | None = None
     degraded: tuple[str, ...] = ()  # rungs of the OOM ladder taken, e.g. "frames 81 → 49 after OOM while denoising"
     # run options (applied by localvideo.runtime.options)
     quantization: str = "none"  # none | fp8 | int8 | gguf
@@ -347,15 +350,29 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
 
 # -- the plan ---------------------------------------------------------------------------------------------------
 
-def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: str = "t2v",
-         suggest: bool = True) -> Plan:
-    """Turn a request into a concrete, explained plan for this model on this hardware, or raise."""
+def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: str | None = None,
+         suggest: bool = True, image_size: tuple[int, int] | None = None) -> Plan:
+    """Turn a request into a concrete, explained plan for this model on this hardware, or raise.
+
+    ``task`` defaults to i2v when the request has an image; ``image_size`` (width, height of the input image) lets
+    an image-to-video plan follow the image's aspect ratio when no size was asked for.
+    """
+    task = task or ("i2v" if request.image else "t2v")
+    if request.image and task != "i2v":
+        raise InvalidRequest("An input image was given for a text-to-video run.", hint="Drop the image or use i2v.")
+    if request.last_image and not request.image:
+        raise InvalidRequest("A last frame was given without a first frame.", hint="Pass --image too.")
+    if request.last_image and not spec.supports_last_image:
+        raise InvalidRequest(f"{spec.id} cannot condition on a last frame.",
+                             hint="Drop --last-image, or use a model that supports it (wan2.1-i2v-14b-480p).")
     if not spec.supports(task):
         raise InvalidRequest(
             f"{spec.id} does {', '.join(spec.tasks)}, not {task}.",
             hint="Pick a text-to-video model (see `localvideo models list`)." if task == "t2v" else
             "Pick a model that supports this task (see `localvideo models list`).",
         )
+    if task == "i2v" and not request.image:
+        raise InvalidRequest(f"{spec.id} makes video from an image: pass one.", hint="Add --image photo.jpg.")
     d = spec.defaults
     notes: list[str] = []
     reasons: list[str] = []
@@ -380,6 +397,15 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     # size
     width = request.width if request.width is not None else d.width
     height = request.height if request.height is not None else d.height
+    if task == "i2v" and image_size and request.width is None and request.height is None and not spec.fixed_size:
+        iw, ih = image_size
+        area = d.width * d.height
+        width = snap_size(int(round((area * iw / ih) ** 0.5)), spec.size_multiple)
+        height = snap_size(int(round((area * ih / iw) ** 0.5)), spec.size_multiple)
+        while width * height > spec.max_pixels:
+            width, height = snap_size(int(width * 0.95), spec.size_multiple), snap_size(int(height * 0.95),
+                                                                                       spec.size_multiple)
+        notes.append(f"size {width}x{height} follows the image's aspect ratio ({iw}x{ih}) at the model's usual area")
     if spec.fixed_size:
         if (width, height) != (d.width, d.height):
             notes.append(f"size {width}x{height} → {d.width}x{d.height} ({spec.id} only works at its native size)")
@@ -477,7 +503,8 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
 
     geo = spec.geometry
     return Plan(
-        model=spec.id, repo=spec.repo, pipeline=spec.pipeline, family=spec.family, random_weights=spec.tiny,
+        model=spec.id, repo=spec.repo, pipeline=(spec.i2v_pipeline or spec.pipeline) if task == "i2v" else spec.pipeline,
+        task=task, image=request.image, last_image=request.last_image, family=spec.family, random_weights=spec.tiny,
         prompt=request.prompt, negative_prompt=negative, width=width, height=height, num_frames=frames, fps=fps,
         steps=steps, guidance=guidance, seed=seed, device=device, dtype=dtype, strategy=est.strategy,
         vae_tiling=est.vae_tiling, flow_shift=d.flow_shift, max_sequence_length=spec.max_sequence_length,
@@ -554,7 +581,8 @@ def _suggest(spec: ModelSpec, width: int, height: int, frames: int, hardware: Ha
     from .catalog import all_models
 
     def fits(s: ModelSpec, w: int, h: int, f: int) -> bool:
-        req = GenerationRequest(prompt="x", model=s.id, width=w, height=h, num_frames=f, seed=0)
+        req = GenerationRequest(prompt="x", model=s.id, width=w, height=h, num_frames=f, seed=0,
+                                image=None if "t2v" in s.tasks else "input.png")
         try:
             plan(req, s, hardware, suggest=False)
             return True

@@ -33,6 +33,8 @@ class GenerationRequest(BaseModel):
     strategy: Strategy = "auto"
     vae_tiling: bool | None = None  # None = the planner decides
     output: str | None = None
+    image: str | None = None  # image-to-video: path of the first frame (resized/cropped to the plan's size)
+    last_image: str | None = None  # image-to-video: path of the last frame, where the model supports it
     expand_prompt: bool = True  # rewrite the prompt in the model family's style (localvideo.prompts.engine)
     enhance: str | None = None  # a local LLM prompt enhancer (id or folder) instead of the engine
     # run options (localvideo.runtime.options): low-precision storage, step cache, LoRAs, attention, compile

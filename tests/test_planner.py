@@ -68,7 +68,7 @@ def test_sizes_snap_to_the_models_multiple(model, w, h, ew, eh):
 
 
 def test_fixed_size_model_keeps_its_native_size_and_says_so():
-    p = plan(req("cogvideox-5b-i2v", width=640, height=640), get_model("cogvideox-5b-i2v"), hw(80), task="i2v")
+    p = plan(req("cogvideox-5b-i2v", width=640, height=640, image="photo.jpg"), get_model("cogvideox-5b-i2v"), hw(80))
     assert (p.width, p.height) == (720, 480) and any("native size" in n for n in p.notes)
 
 
@@ -182,7 +182,29 @@ def test_forcing_an_accelerator_strategy_on_cpu_is_refused():
 
 def test_image_only_model_refuses_text_to_video():
     with pytest.raises(InvalidRequest, match="i2v"):
-        plan(req("wan2.1-i2v-14b-480p"), get_model("wan2.1-i2v-14b-480p"), hw(80))
+        plan(req("wan2.1-i2v-14b-480p"), get_model("wan2.1-i2v-14b-480p"), hw(80), task="t2v")
+    with pytest.raises(InvalidRequest, match="from an image"):
+        plan(req("wan2.1-i2v-14b-480p"), get_model("wan2.1-i2v-14b-480p"), hw(80), task="i2v")
+
+
+def test_image_to_video_follows_the_image_aspect_and_uses_the_i2v_pipeline():
+    m = get_model("wan2.2-ti2v-5b")
+    p = plan(req(m.id, image="portrait.jpg"), m, hw(80), image_size=(1080, 1920))
+    assert p.task == "i2v" and p.pipeline == "WanImageToVideoPipeline"
+    assert p.height > p.width and p.width % 32 == 0 and p.height % 32 == 0
+    assert abs(p.width * p.height - 1280 * 704) / (1280 * 704) < 0.1
+    assert any("aspect ratio" in n for n in p.notes)
+    t2v = plan(req(m.id), m, hw(80))
+    assert t2v.task == "t2v" and t2v.pipeline == "WanPipeline"
+
+
+def test_last_frame_only_where_the_model_supports_it():
+    with pytest.raises(InvalidRequest, match="last frame"):
+        plan(req("wan2.2-ti2v-5b", image="a.jpg", last_image="b.jpg"), get_model("wan2.2-ti2v-5b"), hw(80))
+    p = plan(req("wan2.1-i2v-14b-480p", image="a.jpg", last_image="b.jpg"), get_model("wan2.1-i2v-14b-480p"), hw(80))
+    assert p.last_image == "b.jpg"
+    with pytest.raises(InvalidRequest, match="without a first frame"):
+        plan(req("wan2.1-i2v-14b-480p", last_image="b.jpg"), get_model("wan2.1-i2v-14b-480p"), hw(80))
 
 
 def test_plan_is_json_serialisable_and_explains_itself():

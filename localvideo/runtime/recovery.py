@@ -97,8 +97,13 @@ def next_rung(plan: Plan, spec: ModelSpec, phase: str) -> Plan | None:
 
 def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: PipelineCache, *,
                     on_progress=None, cancel=None, guard: runner.MemoryGuard | None = None,
-                    latents_path: Path | None = None, max_attempts: int = MAX_ATTEMPTS) -> Outcome:
-    """Load (warm cache), denoise and decode, walking down the OOM ladder as needed."""
+                    latents_path: Path | None = None, max_attempts: int = MAX_ATTEMPTS,
+                    inputs=None) -> Outcome:
+    """Load (warm cache), denoise and decode, walking down the OOM ladder as needed.
+
+    ``inputs`` are extra pipeline inputs (i2v conditioning images): a dict, or a function of the plan so that a
+    rung that changes the size gets images fitted to the new size.
+    """
     OOM = _oom_type()
     attempts, ooms = 0, []
     load_s = 0.0
@@ -111,7 +116,8 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
             pipe, hit = runner.get_pipeline(cache, spec, model_path, plan, guard)
             load_s += time.perf_counter() - t
             phase = "denoise"
-            den = runner.denoise(pipe, plan, on_progress, cancel, guard)
+            den = runner.denoise(pipe, plan, on_progress, cancel, guard,
+                                 inputs=inputs(plan) if callable(inputs) else inputs)
             break
         except OOM as e:
             ooms.append(f"{phase}: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")

@@ -753,6 +753,32 @@ def enhance(prompt: str, family: str, *, model: str = DEFAULT_ENHANCER, stream: 
                          changes=[reason, *fallback.changes], **common)
 
 
+def chat(messages: list[dict], *, model: str = DEFAULT_ENHANCER, stream: Callable[[str], None] | None = None,
+         stop: threading.Event | Callable[[], bool] | None = None, max_new_tokens: int | None = None,
+         hardware: Hardware | None = None, settings: Settings | None = None,
+         timeout_s: float = 300.0) -> tuple[str, bool, EnhancerSpec]:
+    """Run the enhancer LLM on ``messages`` (same checks, loading, streaming and stop as :func:`enhance`) and return
+    (raw text, finished with EOS?, spec). The caller validates the text (e.g. the story shot list)."""
+    spec = get_enhancer(model)
+    settings = settings or get_settings()
+    if hardware is None:
+        from ..hardware import probe
+
+        hardware = probe(settings.home)
+    device, dtype = check_fits(spec, hardware)
+    stop = _as_event(stop)
+    if stop.is_set():
+        raise Cancelled("The LLM was stopped before it started.")
+    tok, lm = _load(spec, locate(spec, settings), device, dtype, False)
+    raw, finished, n_new = _generate(tok, lm, messages, spec, max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                                     stream=stream, stop=stop, timeout_s=timeout_s)
+    del lm
+    _free_device(device)
+    if stop.is_set():
+        raise Cancelled(f"The LLM was stopped after {n_new} tokens.", tokens=n_new)
+    return raw, finished, spec
+
+
 class _CallableStop(threading.Event):
     """A stop Event that also asks a ``cancel()`` callable (generation's cancel may be either)."""
 

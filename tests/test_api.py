@@ -176,6 +176,7 @@ def test_state_conflicts_and_delete_with_files(api, server):
     for action in ("cancel", "retry"):
         r = api.post(f"/v1/jobs/{job['id']}/{action}")
         assert r.status_code == 409 and r.json()["error"] == "conflict" and "succeeded" in r.json()["message"]
+    assert (folder / "video.mp4").is_file(), "a refused retry leaves the finished video alone"
     slow = api.post("/v1/jobs", json={"prompt": "busy", **SLOW}).json()
     wait_state(api, slow["id"], lambda j: j["state"] == "running")
     r = api.delete(f"/v1/jobs/{slow['id']}")

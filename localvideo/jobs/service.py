@@ -229,8 +229,7 @@ class JobService:
     def retry(self, job_id: str) -> Job:
         """Queue a failed, cancelled or interrupted job again (same id, same request and seed)."""
         job = self.get(job_id)
-        with self._lock:
-            self._clean_dir(job_id)
+        with self._lock:  # its folder was emptied when it failed/was cancelled/interrupted; the worker starts clean
             again = self.store.transition(job_id, RETRYABLE, "queued", progress=JobProgress(phase="queued"),
                                           result=None, error=None, started_at=None, finished_at=None,
                                           cancel_requested=False)

@@ -1,0 +1,97 @@
+"""The Python SDK (localvideo.client) against the live server: sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from _live import shared_server
+from localvideo.client import ApiError, AsyncClient, Client, JobFailed
+from localvideo.media.probe import probe
+
+FAST = {"model": "tiny-wan", "steps": 2, "width": 128, "height": 128, "num_frames": 9}
+SLOW = {"model": "tiny-wan", "steps": 40, "width": 128, "height": 128, "num_frames": 33}
+
+
+@pytest.fixture(scope="module")
+def url():
+    return shared_server().url
+
+
+def test_sync_submit_wait_download(url, tmp_path):
+    with Client(url) as lv:
+        assert lv.health()["status"] == "ok"
+        job = lv.submit("a kite over a beach", seed=9, **FAST)
+        assert job.state == "queued" and job.request["seed"] == 9
+        seen = []
+        final = lv.wait(job.id, on_progress=seen.append, timeout=120)
+        assert final.state == "succeeded" and final.result.frames == 9
+        assert seen[-1].state == "succeeded" and [j.version for j in seen] == sorted({j.version for j in seen})
+        assert any(j.progress and j.progress.phase == "denoising" for j in seen)
+        video = lv.download(job.id, tmp_path / "kite.mp4")
+        assert probe(video).frames == 9
+        thumb = lv.download(job.id, tmp_path / "kite.jpg", thumbnail=True)
+        assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"
+        page = lv.list(state="succeeded", limit=1)
+        assert page.limit == 1 and len(page.jobs) == 1 and page.jobs[0].state == "succeeded" and page.total >= 1
+        assert any(m["id"] == "tiny-wan" for m in lv.models()) and "hardware" in lv.system()
+        lv.delete(job.id)
+        with pytest.raises(ApiError) as e:
+            lv.get(job.id)
+        assert e.value.status == 404 and e.value.code == "not_found"
+
+
+def test_sync_cancel_retry_and_errors(url):
+    with Client(url) as lv:
+        job = lv.submit("slow", **SLOW)
+        for j in lv.events(job.id, timeout=60):
+            if j.progress and j.progress.phase == "denoising" and j.progress.step >= 1:
+                break
+        assert lv.cancel(job.id).cancel_requested
+        final = lv.wait(job.id, timeout=60)
+        assert final.state == "cancelled"
+        with pytest.raises(JobFailed) as failed:
+            lv.wait(job.id, raise_on_failure=True, timeout=10)
+        assert failed.value.job.state == "cancelled"
+        assert lv.retry(job.id).state == "queued"
+        lv.cancel(job.id)
+        assert lv.wait(job.id, timeout=60).state == "cancelled"
+        with pytest.raises(ApiError) as e:
+            lv.submit("x", model="wan2.1-t2v-1.3b")
+        assert e.value.status == 409 and "localvideo models pull" in e.value.hint
+        with pytest.raises(ApiError) as e:
+            lv.submit("x", model="tiny-wan", steps=-1)
+        assert e.value.status == 422 and e.value.code == "invalid_request"
+    with Client("http://127.0.0.1:9", timeout=2) as dead:
+        with pytest.raises(ApiError) as e:
+            dead.health()
+        assert e.value.status == 0 and e.value.code == "unreachable"
+
+
+def test_async_client(url, tmp_path):
+    async def main():
+        async with AsyncClient(url) as lv:
+            job = await lv.submit("an owl at dusk", **FAST)
+            phases = []
+
+            async def on_progress(j):
+                if j.progress:
+                    phases.append(j.progress.phase)
+
+            final = await lv.wait(job.id, on_progress=on_progress, timeout=120)
+            assert final.state == "succeeded" and "denoising" in phases
+            path = await lv.download(job.id, tmp_path / "owl.mp4")
+            assert probe(path).frames == 9
+            page = await lv.list(state=["succeeded", "cancelled"], limit=5)
+            assert all(j.state in ("succeeded", "cancelled") for j in page.jobs)
+            slow = await lv.submit("slow owl", **SLOW)
+            queued = await lv.submit("queued owl", **FAST)
+            assert (await lv.cancel(queued.id)).state == "cancelled"
+            await lv.cancel(slow.id)
+            assert (await lv.wait(slow.id, timeout=60)).state == "cancelled"
+            await lv.delete(queued.id)
+            with pytest.raises(ApiError):
+                await lv.get(queued.id)
+
+    asyncio.run(main())

@@ -18,7 +18,7 @@ or one scene per block of lines separated by blank lines (the lines of a block a
 
 The rule: when the script has a blank line between two pieces of text it is read as blocks, otherwise every line is
 a scene. In both forms a line that starts with a duration (``[3s] …``) always starts a new scene, so a block may list
-several timed scenes.
+several timed scenes (``[cut]`` at the start of a line does the same).
 
 Per scene:
 
@@ -30,6 +30,7 @@ Per scene:
   engine knows (see :mod:`localvideo.prompts.engine`) before a colon become hints (``[wide shot]``). A prefix the
   engine does not know (``Note: …``) stays part of the text. ``Scene 3:`` / ``Shot 3:`` labels are dropped.
 * **hints** anywhere in brackets, as for ``generate``: ``[dolly in]``, ``[golden hour]``, ``[camera: slow spiral]``.
+* ``[cut]``: a hard cut before this scene even when the story runs with continuity (a new place or time).
 
 Errors are :class:`~localvideo.errors.InvalidRequest` naming the line: an empty script, a scene with no description,
 two durations for one scene, an unclosed ``[``, absurd durations, more than :data:`MAX_SCENES` scenes.
@@ -60,9 +61,11 @@ _BRACKET = re.compile(r"\[([^\[\]]*)\]")
 _NUMERIC = re.compile(r"^\s*([+-]?\d+(?:[.,]\d+)?|[+-]?\.\d+)\s*([A-Za-z]*)\s*$")
 _SECONDS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 0.001}
 _FRAMES = {"f", "fr", "frame", "frames"}
+_CUT = {"cut", "hard cut", "cut to"}
 _LABEL = re.compile(r"^\s*(?:scene|shot)\s*#?\s*\d+\s*[:.)\-–—]\s*", re.I)
 _PREFIX = re.compile(r"^\s*([^:\[\]]{1,60}?)\s*:(?:\s+|$)")
-_DURATION_START = re.compile(r"^\s*\[\s*(?:[+-]?\d+(?:[.,]\d+)?|[+-]?\.\d+)\s*[A-Za-z]*\s*\]")
+_SCENE_START = re.compile(r"^\s*\[\s*(?:(?:[+-]?\d+(?:[.,]\d+)?|[+-]?\.\d+)\s*[A-Za-z]*|cut|hard cut|cut to)\s*\]",
+                          re.I)  # a line opening with a duration or [cut] starts a scene
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Scene:
     frames: int | None = None  # an exact frame count ([33f]); snapped to the model's rule like any request
     shot: tuple[str, ...] = ()  # hints from a "wide shot:" prefix
     line: int = 0  # 1-based line where the scene starts (0: not from a script)
+    cut: bool = False  # [cut]: a hard cut before this scene even when the story runs with continuity
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,7 +118,7 @@ def parse_script(text: str) -> list[Scene]:
                 groups.append(current)
                 current = []
             continue
-        if current and (not blocks_mode or _DURATION_START.match(item[1])):
+        if current and (not blocks_mode or _SCENE_START.match(item[1])):
             groups.append(current)
             current = []
         current.append(item)
@@ -135,9 +139,13 @@ def _scene(index: int, group: list[tuple[int, str]]) -> Scene:
     duration: float | None = None
     frames: int | None = None
     seen: list[str] = []
+    cut = False
 
     def take(m: re.Match) -> str:
-        nonlocal duration, frames
+        nonlocal duration, frames, cut
+        if m.group(1).strip().lower() in _CUT:
+            cut = True
+            return " "
         num = _NUMERIC.match(m.group(1))
         if not num:
             return m.group(0)  # a hint or plain bracketed text: the prompt engine's business
@@ -195,7 +203,7 @@ def _scene(index: int, group: list[tuple[int, str]]) -> Scene:
                              f"{MAX_SCENE_CHARS}.", hint="Shorten it or split it into two scenes.", line=line)
     prompt = body + ("" if not shot else " [" + ", ".join(shot) + "]")
     return Scene(index=index, prompt=prompt, text=body if not shot else f"{m.group(1)}: {body}",
-                 duration_s=duration, frames=frames, shot=tuple(shot), line=line)
+                 duration_s=duration, frames=frames, shot=tuple(shot), line=line, cut=cut)
 
 
 def _check_brackets(n: int, s: str) -> None:
@@ -220,6 +228,7 @@ def scenes_to_script(scenes: list[Scene]) -> str:
     out = []
     for s in scenes:
         head = f"[{s.duration_s:g}s] " if s.duration_s is not None else (f"[{s.frames}f] " if s.frames else "")
+        head += "[cut] " if s.cut else ""
         shot = ", ".join(s.shot) + ": " if s.shot else ""
         body = s.prompt[:s.prompt.rfind(" [")] if s.shot else s.prompt
         out.append(f"{head}{shot}{body}")

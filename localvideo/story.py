@@ -1,0 +1,459 @@
+"""Stories: a script of scenes → one segment per scene → one MP4 (same layer as :mod:`localvideo.generation`).
+
+For each scene the duration becomes a frame count at the story's frame rate, snapped to the model's frame rule
+(``[4s]`` at 16 fps → 64 → 65 for a 4k+1 model; a scene longer than the model's clip limit is an error naming the
+scene). Scene ``k`` (0-based) uses seed ``base + k``.
+
+Continuity: when it is on (the default whenever the model does image-to-video), the last frame of scene ``k``'s
+segment is saved as a PNG and conditions scene ``k + 1`` (its ``image``); the first scene is text-to-video (or
+image-to-video from ``image``). An image-conditioned segment starts with (the model's rendering of) that seed frame,
+a copy of the frame just shown, so that first frame is dropped when joining. A scene marked ``[cut]``, and every
+scene when continuity is off, starts fresh from text: a hard cut, or a crossfade when ``crossfade_s`` > 0.
+
+Frame count of the story (``F_k`` frames generated for scene k, ``C`` continued boundaries, ``H`` hard-cut boundaries,
+``N = round(crossfade_s × fps)`` crossfade frames, applied only at hard cuts)::
+
+    total = Σ F_k − C − H × N
+
+Segments are encoded to a work folder next to the output (``.<name>.segments.partial-<pid>/``), decoded again one
+frame at a time and joined by :func:`localvideo.media.concat.join` (one more H.264 pass: each frame is encoded twice
+at CRF 18). The folder is removed after the join, or kept as ``<name>.segments/`` with ``keep_segments=True``; a
+cancel or failure removes it and leaves no MP4. Metadata (MP4 tag ``localvideo`` and the JSON sidecar) has
+``kind: "story"``, the script and, per scene, prompt / expanded prompt / seed / frames / start and end frame / start
+time / transition / the conditioning frame's hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .catalog import ModelSpec, get_model
+from .errors import Cancelled, InvalidRequest, LocalVideoError
+from .hardware import Hardware
+from .prompts.scenes import Scene, ShotList, parse_script, scenes_to_script
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MAX_CROSSFADE_S = 10.0
+SEGMENTS_SUFFIX = ".segments"
+
+
+@dataclass
+class StoryProgress:
+    """Progress of a story: scene ``scene`` of ``scenes`` (1-based; ``scenes`` + 0 while joining) and the step."""
+
+    scene: int
+    scenes: int
+    phase: str  # loading | denoising | decoding | encoding (a segment) | joining | done
+    step: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"scene": self.scene, "scenes": self.scenes, "phase": self.phase, "step": self.step,
+                "total": self.total, "elapsed_s": round(self.elapsed_s, 3),
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 3)}
+
+
+@dataclass
+class SceneResult:
+    index: int
+    line: int
+    text: str
+    prompt: str  # as written (with hints), what the prompt engine read
+    expanded_prompt: str  # what the model read
+    negative_prompt: str
+    seed: int
+    duration_s: float | None  # as asked (None: the model's default)
+    frames_requested: int
+    frames: int  # generated (the segment)
+    kept: int  # after dropping the seed frame
+    start_frame: int = 0
+    end_frame: int = 0  # exclusive
+    start_time_s: float = 0.0
+    end_time_s: float = 0.0
+    transition: str = "start"  # start | continued | cut | crossfade
+    task: str = "t2v"
+    conditioning: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    segment: str | None = None  # the segment file, when kept
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StoryResult:
+    path: Path
+    sidecar: Path
+    metadata: dict
+    scenes: list[SceneResult]
+    frames: int
+    width: int
+    height: int
+    fps: float
+    seed: int
+    model: str
+    random_weights: bool
+    continuity: bool
+    crossfade_frames: int
+    timings: dict
+    warnings: list[str] = field(default_factory=list)
+    segments_dir: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "sidecar": str(self.sidecar), "kind": "story", "model": self.model,
+                "random_weights": self.random_weights, "seed": self.seed, "frames": self.frames,
+                "width": self.width, "height": self.height, "fps": self.fps, "continuity": self.continuity,
+                "crossfade_frames": self.crossfade_frames, "scenes": [s.to_dict() for s in self.scenes],
+                "timings": self.timings, "warnings": self.warnings,
+                "segments_dir": str(self.segments_dir) if self.segments_dir else None, "metadata": self.metadata}
+
+
+def story_frames(frames: list[int], transitions: list[str], crossfade: int) -> int:
+    """The story's frame count: Σ F_k − (continued boundaries) − (hard-cut boundaries) × crossfade."""
+    continued = sum(1 for t in transitions if t == "continued")
+    cuts = sum(1 for t in transitions if t in ("cut", "crossfade"))
+    return sum(frames) - continued - cuts * crossfade
+
+
+def _scenes_from(script_or_scenes) -> tuple[list[Scene], str, dict]:
+    if isinstance(script_or_scenes, ShotList):
+        sl = script_or_scenes
+        return list(sl.scenes), sl.script, {"source": sl.source, "reason_if_fallback": sl.reason_if_fallback,
+                                            "enhancer": sl.enhancer, "raw_output": sl.raw_output}
+    if isinstance(script_or_scenes, str):
+        return parse_script(script_or_scenes), script_or_scenes, {}
+    scenes = list(script_or_scenes or [])
+    if not scenes or not all(isinstance(s, Scene) for s in scenes):
+        raise InvalidRequest("A story needs a script (text) or a list of scenes.",
+                             hint="e.g. make_story('[3s] a fox wakes\\n[3s] it runs', model='tiny-wan')")
+    return scenes, scenes_to_script(scenes), {}
+
+
+def _frames_for(scene: Scene, spec: ModelSpec, fps: float, default_s: float | None) -> int:
+    where = f"Scene {scene.index + 1}" + (f" (line {scene.line})" if scene.line else "")
+    if scene.frames is not None:
+        n = scene.frames
+    elif scene.duration_s is not None or default_s is not None:
+        n = max(1, round((scene.duration_s if scene.duration_s is not None else default_s) * fps))
+    else:
+        return spec.frame_rule.snap(spec.defaults.frames)
+    snapped = spec.frame_rule.snap(n)
+    if snapped > spec.max_frames:
+        raise InvalidRequest(
+            f"{where} needs {n} frames ({n / fps:.2f} s at {fps:g} fps); {spec.id} makes at most {spec.max_frames} "
+            f"frames ({spec.max_frames / fps:.2f} s) per clip.", hint="Split it into shorter scenes.",
+            scene=scene.index + 1, line=scene.line)
+    return snapped
+
+
+def _output_path(output: str | None, model: str, seed: int, settings: Settings) -> Path:
+    from .media.encode import check_output_path
+
+    name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-story-{model}-seed{seed}.mp4"
+    if output:
+        p = Path(output).expanduser()
+        if p.is_dir() or output.endswith(("/", "\\")) or not p.suffix:
+            p = p / name
+    else:
+        p = settings.outputs / name
+        n = 1
+        while p.exists():
+            p = p.with_name(f"{p.stem.rsplit('~', 1)[0]}~{n}.mp4")
+            n += 1
+    return check_output_path(p)
+
+
+def _free_folder(p: Path) -> Path:
+    n = 1
+    out = p
+    while out.exists():
+        out = p.with_name(f"{p.name}~{n}")
+        n += 1
+    return out
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
+
+
+def make_story(script_or_scenes, *, model: str, output: str | None = None, crossfade_s: float = 0.0,
+               continuity: bool | None = None, seed: int | None = None, fps: float | None = None,
+               width: int | None = None, height: int | None = None, steps: int | None = None,
+               guidance: float | None = None, negative_prompt: str | None = None, image: str | None = None,
+               duration_s: float | None = None, expand_prompt: bool = True, keep_segments: bool = False,
+               hardware: Hardware | None = None, cache=None, settings: Settings | None = None, on_progress=None,
+               cancel=None) -> StoryResult:
+    """Generate a story: one segment per scene, joined into one MP4 (see the module docstring).
+
+    ``script_or_scenes``: script text (:mod:`localvideo.prompts.scenes` format), a list of
+    :class:`~localvideo.prompts.scenes.Scene` or a :class:`~localvideo.prompts.scenes.ShotList`. ``continuity``:
+    True / False / None (= on when the model does image-to-video). ``duration_s``: length of scenes that give none
+    (default: the model's default clip). ``image``: the first scene starts from this photo (image-to-video).
+    ``on_progress`` receives :class:`StoryProgress`; ``cancel`` (Event or callable) raises
+    :class:`~localvideo.errors.Cancelled` between or within scenes, leaving no MP4 and no segments.
+    """
+    from .generation import generate
+    from .media import concat
+    from .media.encode import write_sidecar
+
+    t_start = time.perf_counter()
+    settings = settings or get_settings()
+    scenes, script, shot_list = _scenes_from(script_or_scenes)
+    spec = get_model(model)
+    if fps is not None and (isinstance(fps, bool) or not 0 < float(fps) <= 240):
+        raise InvalidRequest(f"fps must be above 0 and at most 240 (got {fps!r}).")
+    fps = float(fps) if fps is not None else float(spec.defaults.fps)
+    if duration_s is not None and not 0 < duration_s <= 60:
+        raise InvalidRequest(f"The default scene length must be above 0 and at most 60 s (got {duration_s:g}).")
+    if not isinstance(crossfade_s, (int, float)) or isinstance(crossfade_s, bool) or \
+            not 0 <= crossfade_s <= MAX_CROSSFADE_S:
+        raise InvalidRequest(f"The crossfade must be from 0 to {MAX_CROSSFADE_S:g} seconds (got {crossfade_s!r}).")
+    crossfade = int(round(crossfade_s * fps))
+    if crossfade_s > 0 and crossfade == 0:
+        raise InvalidRequest(f"A crossfade of {crossfade_s:g} s is less than one frame at {fps:g} fps.",
+                             hint=f"Use at least {1 / fps:.3f} s, or 0 for hard cuts.")
+
+    # continuity
+    i2v = spec.supports("i2v")
+    if continuity and not i2v:
+        raise InvalidRequest(f"{spec.id} cannot start a clip from an image, so scenes cannot continue from the "
+                             "previous one.", hint="Drop --continuity (scenes are then joined with cuts), or use an "
+                                                   "image-to-video model such as wan2.2-ti2v-5b.")
+    use_continuity = i2v if continuity is None else bool(continuity)
+    if not spec.supports("t2v"):
+        if image is None:
+            raise InvalidRequest(f"{spec.id} only makes video from an image: the first scene needs one.",
+                                 hint="Pass --image photo.jpg.")
+        if not use_continuity or any(s.cut for s in scenes[1:]):
+            raise InvalidRequest(f"{spec.id} only makes video from an image, so every scene must continue from the "
+                                 "previous one (no --no-continuity, no [cut]).")
+    if image is not None and not i2v:
+        raise InvalidRequest(f"{spec.id} cannot start from an image.", hint="Drop --image or use an i2v model.")
+    transitions = []
+    for k, s in enumerate(scenes):
+        if k == 0:
+            transitions.append("start")
+        elif use_continuity and not s.cut:
+            transitions.append("continued")
+        else:
+            transitions.append("crossfade" if crossfade else "cut")
+
+    # frames, checked before anything heavy
+    planned = [_frames_for(s, spec, fps, duration_s) for s in scenes]
+    _check_crossfades(planned, transitions, crossfade, fps)
+    base_seed = seed if seed is not None else random.randrange(2**31)
+    if not 0 <= base_seed < 2**63 - len(scenes):
+        raise InvalidRequest(f"The seed must be from 0 to 2^63 − {len(scenes) + 1} (got {base_seed}).")
+    out_path = _output_path(output, spec.id, base_seed, settings)
+    work = out_path.parent / f".{out_path.stem}{SEGMENTS_SUFFIX}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    def emit(p: StoryProgress) -> None:
+        if on_progress is not None:
+            on_progress(p)
+
+    results: list[SceneResult] = []
+    segment_meta: list[dict] = []
+    warnings: list[str] = []
+    size: tuple[int, int] | None = (width, height) if width is not None or height is not None else None
+    seed_image: Path | None = Path(image) if image is not None else None
+    seed_info: dict | None = None
+    try:
+        for k, scene in enumerate(scenes):
+            if _is_cancelled(cancel):
+                raise Cancelled(f"The story was cancelled before scene {k + 1} of {len(scenes)}; no video was "
+                                "written.", scene=k + 1)
+
+            def forward(p, k=k) -> None:
+                if p.phase != "done":
+                    emit(StoryProgress(k + 1, len(scenes), p.phase, p.step, p.total,
+                                       time.perf_counter() - t_start, None))
+
+            continued = transitions[k] == "continued"
+            use_image = str(seed_image) if (continued or (k == 0 and seed_image is not None)) else None
+            fields = dict(model=spec.id, num_frames=planned[k], fps=fps, steps=steps, guidance=guidance,
+                          seed=base_seed + k, negative_prompt=negative_prompt, expand_prompt=expand_prompt,
+                          output=str(work / f"scene-{k + 1:03d}.mp4"), image=use_image)
+            if size is not None:
+                fields.update(width=size[0], height=size[1])
+            t_scene = time.perf_counter()
+            r = generate(scene.prompt, hardware=hardware, on_progress=forward, cancel=cancel, cache=cache,
+                         settings=settings, **fields)
+            if size is None or None in size:
+                size = (r.plan.width, r.plan.height)  # every later scene at the first one's size
+            meta = r.metadata
+            segment_meta.append(meta)
+            warnings += [w for w in r.warnings if w not in warnings]
+            res = SceneResult(
+                index=k, line=scene.line, text=scene.text, prompt=scene.prompt, expanded_prompt=meta["prompt"],
+                negative_prompt=meta.get("negative_prompt") or "", seed=r.plan.seed, duration_s=scene.duration_s,
+                frames_requested=planned[k], frames=r.frames, kept=r.frames - (1 if continued else 0),
+                transition=transitions[k], task=r.plan.task, notes=list(r.plan.notes),
+                degraded=list(r.plan.degraded), timings=dict(r.timings))
+            if use_image is not None:
+                res.conditioning = dict(seed_info or {}) | {"input_image": meta.get("input_image")}
+                if k == 0:
+                    res.conditioning["from"] = "image"
+            results.append(res)
+            if k + 1 < len(scenes) and transitions[k + 1] == "continued":
+                seed_image, seed_info = _save_last_frame(r.path, work / f"scene-{k + 1:03d}-last.png", k)
+            if r.frames != planned[k]:
+                warnings.append(f"scene {k + 1} came back with {r.frames} frames instead of {planned[k]}")
+            log.info("story scene %d/%d: %d frames in %.1f s", k + 1, len(scenes), r.frames,
+                     time.perf_counter() - t_scene)
+
+        if _is_cancelled(cancel):
+            raise Cancelled("The story was cancelled before joining; no video was written.")
+        frames = [r.frames for r in results]
+        _check_crossfades(frames, transitions, crossfade, fps)  # again, with what was generated
+        pieces, pos = [], 0
+        for r in results:
+            n_in = crossfade if r.transition == "crossfade" else 0
+            pieces.append(concat.Piece(work / f"scene-{r.index + 1:03d}.mp4",
+                                       drop_first=1 if r.transition == "continued" else 0, crossfade_in=n_in))
+            r.start_frame = pos - n_in
+            r.end_frame = r.start_frame + r.kept
+            r.start_time_s = round(r.start_frame / fps, 4)
+            r.end_time_s = round(r.end_frame / fps, 4)
+            pos = r.end_frame
+        total = story_frames(frames, transitions, crossfade)
+        assert pos == total, (pos, total)
+        emit(StoryProgress(len(scenes), len(scenes), "joining", 0, total, time.perf_counter() - t_start))
+        metadata = _metadata(spec, script, scenes, results, segment_meta, base_seed, fps, crossfade, crossfade_s,
+                             continuity, use_continuity, total, shot_list, warnings)
+        tags = {"title": (scenes[0].text[:150] + (f" (+{len(scenes) - 1} scenes)" if len(scenes) > 1 else "")),
+                "comment": _summary(metadata),
+                "localvideo": json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str)}
+        t_join = time.perf_counter()
+        enc, spans, notes = concat.join(pieces, out_path, fps, metadata=tags,
+                                        cancel=lambda: _is_cancelled(cancel))
+        for r, span in zip(results, spans):
+            assert (span.start, span.end) == (r.start_frame, r.end_frame), (span, r)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    timings = {"scenes_s": round(sum(r.timings.get("total_s", 0.0) for r in results), 3),
+               "join_s": round(time.perf_counter() - t_join, 3),
+               "total_s": round(time.perf_counter() - t_start, 3)}
+    metadata["timings"] = timings
+    metadata["join_notes"] = notes
+    metadata["file"] = {"path": str(enc.path), "bytes": enc.bytes, "frames": enc.frames, "width": enc.width,
+                        "height": enc.height, "padded": enc.padded}
+    segments_dir = None
+    if keep_segments:
+        segments_dir = _free_folder(out_path.parent / f"{out_path.stem}{SEGMENTS_SUFFIX}")
+        os.replace(work, segments_dir)
+        for r in results:
+            r.segment = str(segments_dir / f"scene-{r.index + 1:03d}.mp4")
+        metadata["segments_dir"] = str(segments_dir)
+        metadata["scenes"] = [r.to_dict() for r in results]
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        sidecar = write_sidecar(enc.path, metadata)
+    except LocalVideoError:
+        enc.path.unlink(missing_ok=True)
+        raise
+    emit(StoryProgress(len(scenes), len(scenes), "done", total, total, time.perf_counter() - t_start, 0.0))
+    return StoryResult(path=enc.path, sidecar=sidecar, metadata=metadata, scenes=results, frames=enc.frames,
+                       width=enc.width, height=enc.height, fps=enc.fps, seed=base_seed, model=spec.id,
+                       random_weights=spec.tiny, continuity=use_continuity, crossfade_frames=crossfade,
+                       timings=timings, warnings=warnings, segments_dir=segments_dir)
+
+
+def _check_crossfades(frames: list[int], transitions: list[str], crossfade: int, fps: float) -> None:
+    """Each segment must have enough frames for its crossfades in and out (frames are never blended twice)."""
+    for k, f in enumerate(frames):
+        kept = f - (1 if transitions[k] == "continued" else 0)
+        need_in = crossfade if transitions[k] == "crossfade" else 0
+        need_out = crossfade if k + 1 < len(frames) and transitions[k + 1] == "crossfade" else 0
+        if kept < max(1, need_in + need_out):
+            raise InvalidRequest(
+                f"Scene {k + 1} has {f} frames ({f / fps:.2f} s), too few for crossfades of {crossfade} frames "
+                f"({crossfade / fps:.2f} s) {'on both sides' if need_in and need_out else ''}".rstrip() + ".",
+                hint="Use a shorter --crossfade or longer scenes.", scene=k + 1)
+
+
+def _save_last_frame(segment: Path, dest: Path, k: int) -> tuple[Path, dict]:
+    """The segment's last decoded frame as a lossless PNG (the next scene's conditioning image) and its hashes."""
+    import numpy as np
+    from PIL import Image
+
+    from .media.concat import iter_frames
+
+    last = None
+    count = 0
+    for f in iter_frames(segment):
+        last, count = f, count + 1
+    if last is None:
+        raise InvalidRequest(f"Scene {k + 1}'s segment has no frames to continue from.")
+    last = np.ascontiguousarray(last)
+    Image.fromarray(last).save(dest, format="PNG")
+    info = {"from_scene": k + 1, "from_frame": count - 1, "image": dest.name,
+            "file_sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+            "pixels_sha256": hashlib.sha256(last.tobytes()).hexdigest(), "width": last.shape[1],
+            "height": last.shape[0]}
+    return dest, info
+
+
+_COPY = ("repo", "pipeline", "random_weights", "steps", "guidance", "width", "height", "strategy", "device", "dtype",
+         "licence", "diffusers_version", "torch_version", "quantization", "attention")
+
+
+def _metadata(spec, script, scenes, results, segment_meta, base_seed, fps, crossfade, crossfade_s, requested,
+              used, total, shot_list, warnings) -> dict:
+    first = segment_meta[0]
+    continued = [r.index + 1 for r in results if r.transition == "continued"]
+    cuts = [r.index + 1 for r in results if r.transition in ("cut", "crossfade")]
+    md = {
+        "kind": "story",
+        "localvideo_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": spec.id,
+        **{k: first.get(k) for k in _COPY},
+        "seed": base_seed,
+        "seed_rule": "scene k (1-based) uses seed + k − 1",
+        "fps": fps,
+        "num_frames": total,
+        "script": script,
+        "scene_count": len(scenes),
+        "continuity": {"requested": "auto" if requested is None else bool(requested), "used": used,
+                       "model_supports_i2v": spec.supports("i2v"), "continued_scenes": continued,
+                       "hard_cut_scenes": cuts},
+        "crossfade": {"seconds": crossfade_s, "frames": crossfade if cuts else 0,
+                      "applies_to": "hard cuts only (continued scenes join on the seed frame)"},
+        "frame_formula": "total = sum(segment frames) - continued boundaries - hard-cut boundaries x crossfade frames",
+        "boundaries": [{"before_scene": r.index + 1, "frame": r.start_frame, "time_s": r.start_time_s,
+                        "transition": r.transition} for r in results[1:]],
+        "scenes": [r.to_dict() for r in results],
+        "warnings": list(warnings),
+    }
+    if shot_list:
+        md["shot_list"] = shot_list
+    return md
+
+
+def _summary(md: dict) -> str:
+    rw = " [RANDOM WEIGHTS]" if md.get("random_weights") else ""
+    return (f"localvideo {__version__} story: {md['model']}{rw}, {md['scene_count']} scenes, seed {md['seed']}+k, "
+            f"{md['width']}x{md['height']}, {md['num_frames']} frames @ {md['fps']:g} fps, continuity "
+            f"{'on' if md['continuity']['used'] else 'off'}, crossfade {md['crossfade']['frames']} frames")

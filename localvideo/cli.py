@@ -435,6 +435,141 @@ def animate(
             f"{result.timings['total_s']:.1f} s)")
 
 
+@app.command()
+def story(
+    script: str = typer.Argument(..., help="A script file, or the script itself: one scene per line (or per block), "
+                                           "e.g. '[4s] wide shot: a fox wakes' (see localvideo.prompts.scenes)."),
+    model: str = typer.Option("wan2.1-t2v-1.3b", "--model", "-m", help="Model id (see `localvideo models list`)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    crossfade: float = typer.Option(0.0, "--crossfade", help="Seconds of crossfade at hard cuts (0: plain cuts)."),
+    continuity: Optional[bool] = typer.Option(None, "--continuity/--no-continuity", help="Start each scene from "
+                                              "the previous scene's last frame (default: when the model does "
+                                              "image-to-video)."),
+    seed: Optional[int] = typer.Option(None, help="Base seed; scene k uses seed + k − 1. Default: random, recorded."),
+    fps: Optional[float] = typer.Option(None, help="Frames per second (default: the model's native fps)."),
+    width: Optional[int] = typer.Option(None, help="Width in pixels (snapped to the model's multiple)."),
+    height: Optional[int] = typer.Option(None, help="Height in pixels (snapped to the model's multiple)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps per scene."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds for scenes that give no [Ns] "
+                                                                      "(default: the model's default clip)."),
+    image: Optional[str] = typer.Option(None, "--image", help="The first scene starts from this photo (i2v)."),
+    from_paragraph: bool = typer.Option(False, "--from-paragraph", help="SCRIPT is a story paragraph: turn it into "
+                                        "a shot list (with --enhancer: by a local LLM, validated; else one scene "
+                                        "per sentence)."),
+    enhancer: Optional[str] = typer.Option(None, "--enhancer", help="LLM id or folder for --from-paragraph."),
+    max_scenes: int = typer.Option(8, "--max-scenes", help="At most this many scenes from a paragraph."),
+    expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand each scene's prompt for the model."),
+    keep_segments: bool = typer.Option(False, "--keep-segments", help="Keep each scene's clip in NAME.segments/."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the scenes (and frames per scene), generate nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
+) -> None:
+    """Make one video from a story: a scene per line, each generated, joined into one MP4."""
+    from pathlib import Path
+
+    from .errors import InvalidRequest
+
+    try:
+        if enhancer and not from_paragraph:
+            raise InvalidRequest("--enhancer only applies with --from-paragraph.", hint="Add --from-paragraph.")
+        text = script
+        p = Path(script).expanduser()
+        try:
+            is_file = len(script) < 4096 and "\n" not in script and p.is_file()
+        except OSError:
+            is_file = False
+        if is_file:
+            if p.stat().st_size > 1_000_000:
+                raise InvalidRequest(f"{p} is {p.stat().st_size:,} bytes; a story script is at most 1 MB.")
+            try:
+                text = p.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise InvalidRequest(f"{p} is not UTF-8 text ({e.reason}).", hint="Save it as UTF-8.") from None
+        elif script.strip().lower().endswith((".txt", ".md", ".story")) and "\n" not in script and " " not in \
+                script.strip():
+            raise InvalidRequest(f"There is no script file at {script}.", hint="Check the path, or pass the text.")
+        if from_paragraph:
+            from .prompts.scenes import shot_list_from_paragraph
+
+            err = _console(stderr=True)
+            stream = None
+            if enhancer and not as_json:
+                err.print(f"writing a shot list with {enhancer}…", style="dim", markup=False)
+
+                def stream(chunk: str) -> None:
+                    err.print(chunk, end="", style="dim", markup=False, highlight=False)
+
+            source = shot_list_from_paragraph(text, enhancer, max_scenes=max_scenes, duration_s=duration,
+                                              stream=stream)
+            if stream is not None:
+                err.print()
+            if source.reason_if_fallback and not as_json:
+                err.print(f"[yellow]{source.reason_if_fallback}[/]", markup=True)
+        else:
+            from .prompts.scenes import parse_script
+
+            source = parse_script(text)  # errors (with line numbers) before anything loads
+        if dry_run:
+            _story_dry_run(source, model, fps, duration, as_json)
+            return
+        _story(source if from_paragraph else text, as_json, model=model, output=output,
+               crossfade_s=crossfade, continuity=continuity, seed=seed, fps=fps, width=width, height=height,
+               steps=steps, guidance=guidance, duration_s=duration, image=image, expand_prompt=expand,
+               keep_segments=keep_segments)
+    except LocalVideoError as e:
+        _fail(e, as_json)
+
+
+def _story_dry_run(source, model: str, fps: Optional[float], duration: Optional[float], as_json: bool) -> None:
+    from .catalog import get_model
+    from .prompts.scenes import ShotList
+    from .story import _frames_for
+
+    spec = get_model(model)
+    scenes = source.scenes if isinstance(source, ShotList) else source
+    rate = fps or spec.defaults.fps
+    rows = [s.to_dict() | {"planned_frames": _frames_for(s, spec, rate, duration)} for s in scenes]
+    if as_json:
+        print(json.dumps({"ok": True, "dry_run": True, "model": spec.id, "fps": rate, "scenes": rows,
+                          **({"shot_list": source.to_dict()} if isinstance(source, ShotList) else {})},
+                         ensure_ascii=False))
+        return
+    c = _console()
+    c.print(f"[bold]Story[/] (dry run, nothing generated): {len(rows)} scenes on {spec.id} at {rate:g} fps")
+    for r in rows:
+        c.print(f"  {r['index'] + 1:>2}. {r['planned_frames']:>3} frames  {'[cut] ' if r['cut'] else ''}"
+                f"{r['prompt']}", markup=False)
+
+
+def _story(source, as_json: bool, **kw) -> None:
+    from .story import make_story
+
+    console = _console(stderr=True)
+    last = {"scene": 0}
+
+    def on_progress(p) -> None:
+        if as_json:
+            return
+        if p.scene != last["scene"] or p.phase in ("joining", "done"):
+            if p.phase != "done":
+                console.print(f"scene {p.scene}/{p.scenes}: {p.phase}…" if p.phase != "joining" else "joining…")
+            last["scene"] = p.scene
+
+    result = make_story(source, on_progress=on_progress, **kw)
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False, default=str))
+        return
+    c = _console()
+    for w in result.warnings:
+        c.print(f"[yellow]warning:[/] {w}", markup=True)
+    for s in result.scenes:
+        c.print(f"  scene {s.index + 1}: frames {s.start_frame}–{s.end_frame - 1} ({s.transition}, seed {s.seed})",
+                markup=False)
+    c.print(f"[green]Wrote[/] {result.path}  ({len(result.scenes)} scenes, {result.frames} frames, "
+            f"{result.width}x{result.height}, {result.fps:g} fps, continuity {'on' if result.continuity else 'off'}, "
+            f"{result.timings['total_s']:.1f} s)")
+
+
 def main() -> None:
     try:
         app()

@@ -317,6 +317,19 @@ def _capture_mag_calibration(transformer, plan: Plan) -> None:
     tail._perform_calibration_step = record
 
 
+def transformer_blocks(transformer) -> list:
+    """The transformer's blocks, in the containers diffusers' cache hooks walk (``blocks``, ``transformer_blocks``,
+    ``single_transformer_blocks``, …)."""
+    import torch
+    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+
+    out = []
+    for name, child in transformer.named_children():
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
+            out.extend(child)
+    return out
+
+
 def apply_step_cache(pipe, plan: Plan) -> None:
     """Remove any step cache from the transformer, then enable the plan's (fresh state every run)."""
     tr = getattr(pipe, "transformer", None)
@@ -329,6 +342,10 @@ def apply_step_cache(pipe, plan: Plan) -> None:
     config = step_cache_config(pipe, plan)
     if config is None:
         return
+    if plan.cache.startswith("fbc") and (n := len(transformer_blocks(tr))) < 2:
+        raise InvalidRequest(f"First Block Cache needs at least two transformer blocks (it reuses the rest when the "
+                             f"first barely changes); {plan.model}'s transformer has {n}.",
+                             hint="Use --cache taylor or --cache mag instead.")
     tr.enable_cache(config)
     if plan.cache == "mag:calibrate":
         _capture_mag_calibration(tr, plan)

@@ -1,0 +1,91 @@
+// The TypeScript SDK (built to dist/) against a live `localvideo serve` running tiny models.
+// LOCALVIDEO_URL points at the server (tests/test_sdk_js.py starts one); LOCALVIDEO_API_TOKEN if it needs one.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { ApiError, JobFailed, LocalVideoClient, isTerminal, parseSSE } from "../dist/index.js";
+
+const url = process.env.LOCALVIDEO_URL;
+const FAST = { model: "tiny-wan", steps: 2, width: 128, height: 128, num_frames: 9 };
+const SLOW = { model: "tiny-wan", steps: 40, width: 128, height: 128, num_frames: 33 };
+const opts = { skip: url ? false : "LOCALVIDEO_URL is not set (run through tests/test_sdk_js.py)" };
+
+function client() {
+  return new LocalVideoClient({ baseUrl: url, token: process.env.LOCALVIDEO_API_TOKEN });
+}
+
+test("parseSSE handles split chunks, CRLF, comments and multi-line data", async () => {
+  const text = ": hello\r\nid: 1\r\nevent: state\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\nid: 2\ndata: x\n\n";
+  const bytes = new TextEncoder().encode(text);
+  const stream = new ReadableStream({
+    start(c) {
+      for (let i = 0; i < bytes.length; i += 7) c.enqueue(bytes.slice(i, i + 7));
+      c.close();
+    },
+  });
+  const events = [];
+  for await (const ev of parseSSE(stream)) events.push(ev);
+  assert.deepEqual(events, [
+    { event: "state", data: "{\"a\":\n1}", id: "1" },
+    { event: "message", data: "x", id: "2" },
+  ]);
+});
+
+test("submit, follow progress over SSE, download a real MP4", opts, async () => {
+  const lv = client();
+  assert.equal((await lv.health()).status, "ok");
+  const job = await lv.submit({ prompt: "a paper plane over a city", seed: 4, ...FAST });
+  assert.equal(job.state, "queued");
+  assert.equal(job.request.seed, 4);
+  const seen = [];
+  const done = await lv.wait(job.id, { onProgress: (j) => seen.push(j), timeoutMs: 120_000 });
+  assert.equal(done.state, "succeeded");
+  assert.equal(done.result.frames, 9);
+  const versions = seen.map((j) => j.version);
+  assert.deepEqual(versions, [...new Set(versions)].sort((a, b) => a - b), "versions strictly increase");
+  assert.ok(seen.some((j) => j.progress?.phase === "denoising"));
+  assert.ok(isTerminal(seen.at(-1)));
+
+  const mp4 = await lv.download(job.id);
+  assert.equal(mp4.length, done.result.bytes);
+  assert.equal(new TextDecoder().decode(mp4.slice(4, 8)), "ftyp", "an MP4 container");
+  const thumb = await lv.download(job.id, { thumbnail: true });
+  assert.deepEqual([...thumb.slice(0, 3)], [0xff, 0xd8, 0xff]);
+
+  const ranged = await fetch(lv.videoUrl(job.id), { headers: { Range: "bytes=0-15" } });
+  assert.equal(ranged.status, 206);
+  assert.equal((await ranged.arrayBuffer()).byteLength, 16);
+
+  const page = await lv.list({ state: "succeeded", limit: 1 });
+  assert.equal(page.jobs.length, 1);
+  assert.equal(page.jobs[0].state, "succeeded");
+  const models = await lv.models();
+  assert.ok(models.find((m) => m.id === "tiny-wan")?.installed);
+  await lv.delete(job.id);
+  await assert.rejects(lv.get(job.id), (e) => e instanceof ApiError && e.status === 404 && e.code === "not_found");
+});
+
+test("cancel a running job, retry, typed errors", opts, async () => {
+  const lv = client();
+  const job = await lv.submit({ prompt: "slow", ...SLOW });
+  for await (const j of lv.events(job.id)) {
+    if (j.progress?.phase === "denoising" && j.progress.step >= 1) break;
+  }
+  assert.equal((await lv.cancel(job.id)).cancel_requested, true);
+  const final = await lv.wait(job.id, { timeoutMs: 60_000 });
+  assert.equal(final.state, "cancelled");
+  await assert.rejects(lv.wait(job.id, { raiseOnFailure: true, timeoutMs: 10_000 }),
+                       (e) => e instanceof JobFailed && e.job.state === "cancelled");
+  await assert.rejects(lv.download(job.id), (e) => e instanceof ApiError && e.status === 404);
+  assert.equal((await lv.retry(job.id)).state, "queued");
+  await lv.cancel(job.id);
+  assert.equal((await lv.wait(job.id, { timeoutMs: 60_000 })).state, "cancelled");
+
+  await assert.rejects(lv.submit({ prompt: "x", model: "wan2.1-t2v-1.3b" }),
+                       (e) => e instanceof ApiError && e.status === 409 && e.hint.includes("localvideo models pull"));
+  await assert.rejects(lv.submit({ prompt: "x", model: "no-such-model" }),
+                       (e) => e instanceof ApiError && e.status === 422 && e.code === "unknown_model");
+  await assert.rejects(lv.get("../../etc/passwd"), (e) => e instanceof ApiError && e.status === 404);
+  const dead = new LocalVideoClient({ baseUrl: "http://127.0.0.1:9" });
+  await assert.rejects(dead.health(), (e) => e instanceof ApiError && e.code === "unreachable");
+});

@@ -1,0 +1,41 @@
+"""The TypeScript SDK (sdk/js): npm ci, tsc build, then node's test runner against the live server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from _live import ROOT, shared_server
+
+JS = ROOT / "sdk" / "js"
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+
+
+def _run(cmd: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=JS, capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.mark.skipif(NODE is None or NPM is None, reason="node/npm are not installed (apt-get install nodejs npm)")
+def test_typescript_sdk_against_the_live_server():
+    lock = (JS / "package-lock.json").read_text()
+    installed = JS / "node_modules" / "typescript" / "package.json"
+    if not installed.is_file() or '"version": "' + _locked_ts(lock) not in installed.read_text():
+        _run([NPM, "ci", "--no-audit", "--no-fund"])
+    _run([NPM, "run", "build"])
+    env = {**os.environ, "LOCALVIDEO_URL": shared_server().url}
+    env.pop("LOCALVIDEO_API_TOKEN", None)
+    r = _run([NODE, "--test", "test/"], env=env, timeout=400)
+    out = r.stdout
+    assert "# fail 0" in out and "# skipped 0" in out and "# pass 3" in out, out[-3000:]
+
+
+def _locked_ts(lock: str) -> str:
+    import json
+
+    return json.loads(lock)["packages"]["node_modules/typescript"]["version"]

@@ -132,10 +132,11 @@ def test_zoom_is_monotone_on_a_plain_camera(photos, tmp_path):
                 output=tmp_path / "z.mp4")
     assert r.render_path == "camera-only:low-mask-confidence"
     frames = read_frames(r.path)
-    scales = [similarity_scale(frames[0], f)[0] for f in frames[1:]]
-    assert np.all(np.diff(scales) > -0.004), scales
+    # frame-to-frame fits (each a small, well-conditioned change; frame 0 → frame N would be noisy at 30 % zoom)
+    steps = np.array([similarity_scale(a, b)[0] for a, b in zip(frames[:-1], frames[1:])])
+    assert np.all(steps > 0.999), steps  # never zooms back out
     z0, z1 = r.metadata["camera"]["camera"]["zoom"]
-    assert abs(scales[-1] - z1 / z0) < 0.03 * z1, (scales[-1], z1)
+    assert abs(np.prod(steps) - z1 / z0) < 0.03 * z1, (np.prod(steps), z1)
     for f in frames:
         assert not empty_border_lines(f)
     save_strip(frames, "coffee-zoom-in")

@@ -330,6 +330,8 @@ def build_shot_list_messages(paragraph: str, max_scenes: int) -> list[dict]:
     return [{"role": "user", "content": f"{instructions}\nStory: {paragraph.strip()}"}]
 
 
+_SHOT_BREAK = re.compile(r"[ \t]+(?:\d{1,3}[.)][ \t]+)?(?=\[\s*\d+(?:[.,]\d+)?\s*(?:s|secs?|seconds?|ms|f|frames?)\s*\])",
+                         re.I)
 _NUMBERING = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+")
 
 
@@ -352,7 +354,10 @@ def validate_shot_list(raw: str, paragraph: str, *, max_scenes: int = 8, reasoni
         return None, f"it starts with chat preamble ({_PREAMBLE.match(text).group(0).strip()!r})"
     if _REFUSAL.search(text):
         return None, f"it talks about itself ({_REFUSAL.search(text).group(0)!r}) instead of shots"
-    lines = [_NUMBERING.sub("", ln).strip() for ln in text.split("\n") if ln.strip()]
+    # we asked for one shot per line starting with its duration: a duration tag always starts a shot (some
+    # tokenizers and models put the shots on one line)
+    text = "\n".join(_NUMBERING.sub("", ln).strip() for ln in text.split("\n"))
+    lines = [ln.strip() for ln in _SHOT_BREAK.sub("\n", text).split("\n") if ln.strip()]
     if any(_MARKDOWN.search(ln) for ln in lines):
         return None, "it is formatted as markdown (headers or bold), not shot lines"
     try:

@@ -194,28 +194,34 @@ def _is_cancelled(cancel) -> bool:
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 
-def make_story(script_or_scenes, *, model: str, output: str | None = None, crossfade_s: float = 0.0,
-               continuity: bool | None = None, seed: int | None = None, fps: float | None = None,
-               width: int | None = None, height: int | None = None, steps: int | None = None,
-               guidance: float | None = None, negative_prompt: str | None = None, image: str | None = None,
-               duration_s: float | None = None, expand_prompt: bool = True, keep_segments: bool = False,
-               hardware: Hardware | None = None, cache=None, settings: Settings | None = None, on_progress=None,
-               cancel=None) -> StoryResult:
-    """Generate a story: one segment per scene, joined into one MP4 (see the module docstring).
+@dataclass
+class StoryPlan:
+    """A checked story, before anything heavy: scenes, frames per scene, transitions, pinned seed."""
 
-    ``script_or_scenes``: script text (:mod:`localvideo.prompts.scenes` format), a list of
-    :class:`~localvideo.prompts.scenes.Scene` or a :class:`~localvideo.prompts.scenes.ShotList`. ``continuity``:
-    True / False / None (= on when the model does image-to-video). ``duration_s``: length of scenes that give none
-    (default: the model's default clip). ``image``: the first scene starts from this photo (image-to-video).
-    ``on_progress`` receives :class:`StoryProgress`; ``cancel`` (Event or callable) raises
-    :class:`~localvideo.errors.Cancelled` between or within scenes, leaving no MP4 and no segments.
-    """
-    from .generation import generate
-    from .media import concat
-    from .media.encode import write_sidecar
+    scenes: list[Scene]
+    script: str
+    shot_list: dict
+    spec: ModelSpec
+    fps: float
+    crossfade_s: float
+    crossfade: int  # frames
+    continuity: bool
+    transitions: list[str]  # start | continued | cut | crossfade, one per scene
+    planned: list[int]  # frames per scene, snapped to the model's rule
+    seed: int
 
-    t_start = time.perf_counter()
-    settings = settings or get_settings()
+    @property
+    def frames(self) -> int:
+        return story_frames(self.planned, self.transitions, self.crossfade)
+
+
+def plan_story(script_or_scenes, *, model: str, crossfade_s: float = 0.0, continuity: bool | None = None,
+               seed: int | None = None, fps: float | None = None, width: int | None = None, height: int | None = None,
+               steps: int | None = None, guidance: float | None = None, image: str | None = None,
+               duration_s: float | None = None, hardware: Hardware | None = None) -> StoryPlan:
+    """Check a story without generating anything (the job service calls this at submit). Raises InvalidRequest for
+    the script, frames, crossfades and continuity; with ``hardware``, the longest scene is also planned on it (so a
+    size or length that does not fit is refused now: DoesNotFit)."""
     scenes, script, shot_list = _scenes_from(script_or_scenes)
     spec = get_model(model)
     if fps is not None and (isinstance(fps, bool) or not 0 < float(fps) <= 240):
@@ -262,6 +268,47 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     base_seed = seed if seed is not None else random.randrange(2**31)
     if not 0 <= base_seed < 2**63 - len(scenes):
         raise InvalidRequest(f"The seed must be from 0 to 2^63 − {len(scenes) + 1} (got {base_seed}).")
+    if hardware is not None and spec.supports("t2v"):
+        from .planner import plan as make_plan
+        from .request import GenerationRequest
+
+        longest = max(range(len(scenes)), key=lambda i: planned[i])
+        make_plan(GenerationRequest.parse(prompt=scenes[longest].prompt, model=spec.id, width=width, height=height,
+                                          num_frames=planned[longest], fps=fps, steps=steps, guidance=guidance,
+                                          seed=base_seed), spec, hardware, task="t2v")
+    return StoryPlan(scenes=scenes, script=script, shot_list=shot_list, spec=spec, fps=fps, crossfade_s=crossfade_s,
+                     crossfade=crossfade, continuity=use_continuity, transitions=transitions, planned=planned,
+                     seed=base_seed)
+
+
+def make_story(script_or_scenes, *, model: str, output: str | None = None, crossfade_s: float = 0.0,
+               continuity: bool | None = None, seed: int | None = None, fps: float | None = None,
+               width: int | None = None, height: int | None = None, steps: int | None = None,
+               guidance: float | None = None, negative_prompt: str | None = None, image: str | None = None,
+               duration_s: float | None = None, expand_prompt: bool = True, keep_segments: bool = False,
+               hardware: Hardware | None = None, cache=None, settings: Settings | None = None, on_progress=None,
+               cancel=None) -> StoryResult:
+    """Generate a story: one segment per scene, joined into one MP4 (see the module docstring).
+
+    ``script_or_scenes``: script text (:mod:`localvideo.prompts.scenes` format), a list of
+    :class:`~localvideo.prompts.scenes.Scene` or a :class:`~localvideo.prompts.scenes.ShotList`. ``continuity``:
+    True / False / None (= on when the model does image-to-video). ``duration_s``: length of scenes that give none
+    (default: the model's default clip). ``image``: the first scene starts from this photo (image-to-video).
+    ``on_progress`` receives :class:`StoryProgress`; ``cancel`` (Event or callable) raises
+    :class:`~localvideo.errors.Cancelled` between or within scenes, leaving no MP4 and no segments.
+    """
+    from .generation import generate
+    from .media import concat
+    from .media.encode import write_sidecar
+
+    t_start = time.perf_counter()
+    settings = settings or get_settings()
+    sp = plan_story(script_or_scenes, model=model, crossfade_s=crossfade_s, continuity=continuity, seed=seed,
+                    fps=fps, width=width, height=height, steps=steps, guidance=guidance, image=image,
+                    duration_s=duration_s, hardware=hardware)
+    scenes, script, shot_list, spec, fps = sp.scenes, sp.script, sp.shot_list, sp.spec, sp.fps
+    crossfade, transitions, planned, base_seed, use_continuity = (sp.crossfade, sp.transitions, sp.planned, sp.seed,
+                                                                  sp.continuity)
     out_path = _output_path(output, spec.id, base_seed, settings)
     work = out_path.parent / f".{out_path.stem}{SEGMENTS_SUFFIX}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)

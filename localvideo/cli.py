@@ -100,7 +100,7 @@ def generate(
             from .prompts.enhancer import DEFAULT_ENHANCER
 
             fields["enhance"] = enhancer or DEFAULT_ENHANCER
-        fields.update(quantization=quantization, gguf_path=gguf, cache=cache, loras=tuple(lora or ()),
+        fields.update(quantization=quantization, gguf_path=gguf, step_cache=cache, loras=tuple(lora or ()),
                       attention=attention, compile=compile_)  # run options (localvideo.runtime.options)
         from .planner import GPU_STRATEGIES
 
@@ -396,7 +396,8 @@ def serve(
     c.print(f"localvideo API on [bold]http://{shown}:{port}/v1[/]  (docs: http://{shown}:{port}/docs)", markup=True)
     if token:
         c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)
-    uvicorn.run(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+    # keep-alive above httpx's 5 s pool expiry, so a client never reuses a connection the server is closing
+    uvicorn.run(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=30,
                 limit_concurrency=1000, server_header=False)
 
 

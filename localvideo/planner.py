@@ -187,16 +187,16 @@ class Plan:
     # run options (applied by localvideo.runtime.options)
     quantization: str = "none"  # none | fp8 | int8 | gguf
     gguf_path: str | None = None
-    cache: str | None = None  # step cache actually used, e.g. "fbc:0.05", "taylor:5", "mag:calibrate"
-    cache_params: dict = field(default_factory=dict)  # resolved settings for that cache (catalog defaults + value)
+    step_cache: str | None = None  # step cache actually used, e.g. "fbc:0.05", "taylor:5", "mag:calibrate"
+    step_cache_params: dict = field(default_factory=dict)  # its resolved settings (catalog defaults + value)
     loras: tuple[tuple[str, float], ...] = ()
     attention: str = "sdpa"  # backend actually used (flash/sage degrade to sdpa with a warning)
     compile: bool = False  # regional torch.compile actually applied (False when its prerequisites are missing)
 
     def run_options(self) -> dict:
         """The run options as recorded in metadata."""
-        return {"quantization": self.quantization, "gguf_path": self.gguf_path, "step_cache": self.cache,
-                "step_cache_params": dict(self.cache_params),
+        return {"quantization": self.quantization, "gguf_path": self.gguf_path, "step_cache": self.step_cache,
+                "step_cache_params": dict(self.step_cache_params),
                 "loras": [{"path": p, "weight": w} for p, w in self.loras], "attention": self.attention,
                 "compile": self.compile}
 
@@ -245,7 +245,7 @@ class Plan:
             f"latents   {self.latent_shape[0]}x{self.latent_shape[1]}x{self.latent_shape[2]} → {self.tokens} tokens",
         ]
         opts = [QUANT_TEXT[self.quantization]] if self.quantization != "none" else []
-        opts += [f"step cache {self.cache}"] if self.cache else []
+        opts += [f"step cache {self.step_cache}"] if self.step_cache else []
         opts += [f"LoRA {Path(p).name} × {w:g}" for p, w in self.loras]
         opts += [f"attention {self.attention}"] if self.attention != "sdpa" else []
         opts += ["torch.compile (regional)"] if self.compile else []
@@ -546,7 +546,7 @@ def _run_options(request: GenerationRequest, spec: ModelSpec, est: MemoryEstimat
         else:
             reasons.append(f"transformer: {QUANT_TEXT[quant]} was requested")
 
-    cache, params = request.cache, {}
+    cache, params = request.step_cache, {}
     if cache:
         kind, _, value = cache.partition(":")
         params = spec.step_cache_params(kind)
@@ -572,7 +572,7 @@ def _run_options(request: GenerationRequest, spec: ModelSpec, est: MemoryEstimat
     if compile_ and (problem := compile_problem(on_cpu)):
         warnings.append(f"--compile is ignored: {problem}. Running without compilation.")
         compile_ = False
-    return {"quantization": quant, "gguf_path": request.gguf_path, "cache": cache, "cache_params": params,
+    return {"quantization": quant, "gguf_path": request.gguf_path, "step_cache": cache, "step_cache_params": params,
             "loras": tuple(request.loras), "attention": attention, "compile": compile_}
 
 

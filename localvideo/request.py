@@ -40,7 +40,7 @@ class GenerationRequest(BaseModel):
     # run options (localvideo.runtime.options): low-precision storage, step cache, LoRAs, attention, compile
     quantization: Quantization = "auto"  # auto: the planner may pick fp8 storage before sequential offload
     gguf_path: str | None = None  # a GGUF single-file transformer (implies quantization "gguf")
-    cache: str | None = None  # step cache: fbc | mag | taylor, optionally ":value" (threshold, or interval for taylor)
+    step_cache: str | None = None  # fbc | mag | taylor, optionally ":value" (threshold, or interval for taylor)
     loras: tuple[tuple[str, float], ...] = ()  # ("path.safetensors", weight); "path:weight" strings are accepted
     attention: Attention = "sdpa"
     compile: bool = False
@@ -62,7 +62,7 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"the negative prompt has {len(v)} characters; the limit is {MAX_PROMPT_CHARS}")
         return v
 
-    @field_validator("cache", mode="before")
+    @field_validator("step_cache", mode="before")
     @classmethod
     def _cache(cls, v):
         if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "off")):

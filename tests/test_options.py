@@ -228,8 +228,8 @@ def test_a_gguf_of_another_model_is_refused_with_a_reason(tmp_path):
 
 def test_first_block_cache_skips_transformer_blocks_and_leaves_no_hook_behind(cache, baseline):
     base_frames, base_calls = baseline
-    pipe, p, _ = _pipe(cache, cache="fbc:0.1")
-    assert p.cache == "fbc:0.1"
+    pipe, p, _ = _pipe(cache, step_cache="fbc:0.1")
+    assert p.step_cache == "fbc:0.1"
     frames, calls = _run(pipe, p, count=True)
     assert base_calls == 2 * 4  # 4 steps, cond + uncond (Wan runs them one after the other)
     assert calls < base_calls, (calls, base_calls)
@@ -244,32 +244,32 @@ def test_first_block_cache_skips_transformer_blocks_and_leaves_no_hook_behind(ca
 
 
 def test_first_block_cache_needs_two_blocks(cache):
-    pipe, p, _ = _pipe(cache, model="tiny-ltx", cache="fbc")
+    pipe, p, _ = _pipe(cache, model="tiny-ltx", step_cache="fbc")
     with pytest.raises(InvalidRequest, match="at least two transformer blocks"):
         runner.run(pipe, p)
 
 
 def test_taylorseer_predicts_some_steps(cache, baseline):
-    pipe, p, _ = _pipe(cache, cache="taylor:2")
-    assert p.cache == "taylor:2" and p.cache_params["cache_identifiers"]
+    pipe, p, _ = _pipe(cache, step_cache="taylor:2")
+    assert p.step_cache == "taylor:2" and p.step_cache_params["cache_identifiers"]
     frames, calls = _run(pipe, p, count=True)
     assert calls < baseline[1], (calls, baseline[1])
     assert np.isfinite(frames).all() and not np.array_equal(frames, baseline[0])
 
 
 def test_magcache_refuses_without_ratios_then_calibrates_and_skips(cache, baseline):
-    pipe, p, _ = _pipe(cache, cache="mag")
+    pipe, p, _ = _pipe(cache, step_cache="mag")
     ratios_file = options.magcache_file("tiny-wan")
     ratios_file.unlink(missing_ok=True)
     with pytest.raises(InvalidRequest, match="none are known") as e:
         runner.run(pipe, p)
     assert "--cache mag:calibrate" in e.value.hint
-    pipe, p, _ = _pipe(cache, cache="mag:calibrate")
+    pipe, p, _ = _pipe(cache, step_cache="mag:calibrate")
     frames, calls = _run(pipe, p, count=True)
     assert calls == baseline[1] and np.array_equal(frames, baseline[0])  # calibration computes every step
     saved = json.loads(ratios_file.read_text())
     assert saved["steps"] == 4 and len(saved["ratios"]) == 4 and saved["contexts"] == 2
-    pipe, p, _ = _pipe(cache, steps=8, cache="mag:0.3")  # ratios interpolated to 8 steps
+    pipe, p, _ = _pipe(cache, steps=8, step_cache="mag:0.3")  # ratios interpolated to 8 steps
     frames, calls = _run(pipe, p, count=True)
     assert calls < 2 * 8, calls
 
@@ -407,6 +407,6 @@ def test_run_options_appear_in_the_dry_run_json(loras):
                 f"{loras[0]}:0.7", "--attention", "flash", "--quantization", "fp8")
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)["plan"]
-    assert (p["cache"], p["quantization"], p["attention"]) == ("fbc:0.1", "fp8", "sdpa")
+    assert (p["step_cache"], p["quantization"], p["attention"]) == ("fbc:0.1", "fp8", "sdpa")
     assert p["loras"] == [[loras[0], 0.7]]
     assert any("flash" in w for w in p["warnings"])

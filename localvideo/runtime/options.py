@@ -252,13 +252,13 @@ def load_mag_ratios(model: str) -> list[float] | None:
 
 
 def step_cache_config(pipe, plan: Plan):
-    """The diffusers cache config for ``plan.cache`` (None when no cache)."""
-    if not plan.cache:
+    """The diffusers cache config for ``plan.step_cache`` (None when no cache)."""
+    if not plan.step_cache:
         return None
     import diffusers
 
-    kind = plan.cache.partition(":")[0]
-    p = dict(plan.cache_params)
+    kind = plan.step_cache.partition(":")[0]
+    p = dict(plan.step_cache_params)
     if kind == "fbc":
         return diffusers.FirstBlockCacheConfig(threshold=float(p.get("threshold", 0.05)))
     if kind == "taylor":
@@ -279,7 +279,7 @@ def step_cache_config(pipe, plan: Plan):
                 hint=f"Run once with --cache mag:calibrate (a full-quality run that measures them and saves them to "
                      f"{magcache_file(plan.model)}), then use --cache mag; or use --cache fbc.")
         return diffusers.MagCacheConfig(mag_ratios=ratios, **common)
-    raise InvalidRequest(f"Unknown step cache '{plan.cache}'.", hint="Use fbc, mag or taylor.")
+    raise InvalidRequest(f"Unknown step cache '{plan.step_cache}'.", hint="Use fbc, mag or taylor.")
 
 
 def _capture_mag_calibration(transformer, plan: Plan) -> None:
@@ -334,7 +334,7 @@ def apply_step_cache(pipe, plan: Plan) -> None:
     """Remove any step cache from the transformer, then enable the plan's (fresh state every run)."""
     tr = getattr(pipe, "transformer", None)
     if tr is None:
-        if plan.cache:
+        if plan.step_cache:
             raise InvalidRequest(f"{type(pipe).__name__} has no transformer, so step caches do not apply.")
         return
     if getattr(tr, "is_cache_enabled", False):
@@ -342,12 +342,12 @@ def apply_step_cache(pipe, plan: Plan) -> None:
     config = step_cache_config(pipe, plan)
     if config is None:
         return
-    if plan.cache.startswith("fbc") and (n := len(transformer_blocks(tr))) < 2:
+    if plan.step_cache.startswith("fbc") and (n := len(transformer_blocks(tr))) < 2:
         raise InvalidRequest(f"First Block Cache needs at least two transformer blocks (it reuses the rest when the "
                              f"first barely changes); {plan.model}'s transformer has {n}.",
                              hint="Use --cache taylor or --cache mag instead.")
     tr.enable_cache(config)
-    if plan.cache == "mag:calibrate":
+    if plan.step_cache == "mag:calibrate":
         _capture_mag_calibration(tr, plan)
 
 

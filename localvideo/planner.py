@@ -227,8 +227,10 @@ class Plan:
         kw["latent_shape"] = tuple(kw["latent_shape"])
         kw["budget_device_bytes"] = int(d.get("budget_device_gb", 0) * GB)
         kw["budget_host_bytes"] = int(d.get("budget_host_gb", 0) * GB)
+        kw["loras"] = tuple((str(p), float(w)) for p, w in kw.get("loras", ()))  # JSON lists → the plan's tuples
         kw["estimate"] = estimate_memory(spec, kw["width"], kw["height"], kw["num_frames"], kw["strategy"],
-                                         kw["vae_tiling"], compute_dtype=kw["dtype"], on_cpu=kw["device"] == "cpu")
+                                         kw["vae_tiling"], compute_dtype=kw["dtype"], on_cpu=kw["device"] == "cpu",
+                                         quantization=kw.get("quantization", "none"), gguf_path=kw.get("gguf_path"))
         return cls(**kw)
 
     def explain(self) -> list[str]:

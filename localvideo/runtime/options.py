@@ -49,10 +49,24 @@ def _torch_dtype(name: str):
 
 # -- cache key -----------------------------------------------------------------------------------------------------
 
+def _file_id(path: str | None) -> tuple | None:
+    """A file as a key: its path plus size and mtime, so a file rewritten in place is loaded again."""
+    import os
+
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+        return (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (path, None, None)
+
+
 def pipeline_key(plan: Plan) -> tuple:
-    """What, besides model/path/dtype/device/strategy, makes two loaded pipelines different."""
-    return (plan.quantization, plan.gguf_path, tuple(sorted(p for p, _ in plan.loras)), plan.attention,
-            bool(plan.compile))
+    """What, besides model/path/dtype/device/strategy, makes two loaded pipelines different: quantization (and the
+    GGUF file), the *set* of LoRA files (their weights are set per run), the attention backend and compilation."""
+    return (plan.quantization, _file_id(plan.gguf_path), tuple(sorted(_file_id(p) for p, _ in plan.loras)),
+            plan.attention, bool(plan.compile))
 
 
 # -- load time ------------------------------------------------------------------------------------------------------

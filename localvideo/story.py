@@ -36,11 +36,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from . import __version__
 from .catalog import ModelSpec, get_model
 from .errors import Cancelled, InvalidRequest, LocalVideoError
 from .hardware import Hardware
-from .prompts.scenes import Scene, ShotList, parse_script, scenes_to_script
+from .prompts.scenes import MAX_SCRIPT_CHARS, Scene, ShotList, parse_script, scenes_to_script
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,51 @@ class StoryResult:
                 "crossfade_frames": self.crossfade_frames, "scenes": [s.to_dict() for s in self.scenes],
                 "timings": self.timings, "warnings": self.warnings,
                 "segments_dir": str(self.segments_dir) if self.segments_dir else None, "metadata": self.metadata}
+
+
+class StoryRequest(BaseModel):
+    """A story as the job service and the REST API take it (field names as :func:`make_story`'s)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    script: str = Field(min_length=1, max_length=MAX_SCRIPT_CHARS,
+                        description="One scene per line (or per blank-line block): '[4s] wide shot: a fox wakes'.")
+    model: str = Field(default="wan2.1-t2v-1.3b", max_length=200)
+    from_paragraph: bool = Field(default=False, description="script is a paragraph: one scene per sentence.")
+    crossfade_s: float = Field(default=0.0, ge=0, le=MAX_CROSSFADE_S, description="Crossfade at hard cuts.")
+    continuity: bool | None = Field(default=None, description="Each scene starts from the previous one's last "
+                                                              "frame (null: when the model does image-to-video).")
+    seed: int | None = Field(default=None, ge=0, lt=2**62)
+    fps: float | None = Field(default=None, gt=0, le=240)
+    width: int | None = Field(default=None, ge=1, le=8192)
+    height: int | None = Field(default=None, ge=1, le=8192)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    duration_s: float | None = Field(default=None, gt=0, le=60, description="Length of scenes that give none.")
+    expand_prompt: bool = True
+
+    @classmethod
+    def parse(cls, **fields) -> "StoryRequest":
+        from pydantic import ValidationError
+
+        from .request import _one_sentence
+
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise InvalidRequest(_one_sentence(e), hint="Check the value and try again.") from None
+
+    def source(self):
+        """What :func:`make_story` takes: the script, or the paragraph's sentence shot list."""
+        if self.from_paragraph:
+            from .prompts.scenes import shot_list_from_paragraph
+
+            return shot_list_from_paragraph(self.script, duration_s=self.duration_s)
+        return self.script
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"script", "from_paragraph"})
 
 
 def story_frames(frames: list[int], transitions: list[str], crossfade: int) -> int:

@@ -23,7 +23,7 @@ from ..jobs.service import JobService
 from ..media.upload import UnsupportedMediaType, UploadTooLarge
 from ..settings import Settings, get_settings
 from .auth import GuardMiddleware, Unauthorized, check_bind, is_loopback
-from .routes import UPLOAD_I2V, NotAvailable, public, router
+from .routes import STORY, UPLOAD_I2V, NotAvailable, public, router
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
     app.add_middleware(GuardMiddleware, loopback_only_hosts=is_loopback(host) and not token, allowed_origins=cors,
                        max_body=settings.api_max_body_bytes,
                        upload_paths={UPLOAD_I2V: settings.api_max_upload_bytes + 64 * 1024},
-                       body_types={("POST", "/v1/jobs"): "application/json",
+                       body_types={("POST", "/v1/jobs"): "application/json", ("POST", STORY): "application/json",
                                    ("POST", UPLOAD_I2V): "multipart/form-data"})
     return app
 

@@ -16,10 +16,11 @@ from ..jobs.service import MAX_PAGE, JobService
 from ..media.upload import check_image
 from ..request import GenerationRequest
 from .auth import Unauthorized, token_matches
-from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, SystemOut
+from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, StoryCreate, SystemOut
 from .sse import job_events
 
 UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds its body separately)
+STORY = "/v1/jobs/story"
 
 
 class NotAvailable(LocalVideoError):
@@ -55,6 +56,15 @@ def health() -> Health:
 def create_job(body: JobCreate, svc: Svc) -> JobOut:  # type: ignore[valid-type]
     """Queue a text-to-video job. Planned at once: a request that can never run is refused here (422/409)."""
     return JobOut.of(svc.submit(**body.model_dump(exclude_unset=True)))  # type: ignore[attr-defined]
+
+
+@router.post(STORY.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={400: E, 409: E, 413: E, 415: E, 422: E, 503: E})
+def create_story_job(body: StoryCreate, svc: Svc) -> JobOut:  # type: ignore[valid-type]
+    """Queue a story job (kind `story`): scenes generated in order (each continuing from the previous one's last
+    frame on image-to-video models), joined into one MP4. Progress carries `scene` of `scenes`; cancel works as for
+    any job."""
+    return JobOut.of(svc.submit_story(**body.model_dump(exclude_unset=True)))  # type: ignore[attr-defined]
 
 
 @router.post(UPLOAD_I2V.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],

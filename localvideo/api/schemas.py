@@ -24,6 +24,21 @@ JobCreate = create_model(
 )
 
 
+def _story_fields() -> dict[str, Any]:
+    from ..story import StoryRequest
+
+    return {name: (f.annotation, f) for name, f in StoryRequest.model_fields.items()}
+
+
+StoryCreate = create_model(
+    "StoryCreate",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "description": "A story job: one scene per line of `script` ('[4s] wide shot: a fox wakes'), each generated "
+                       "and joined into one MP4. Checked at submit (errors name the line); the seed is pinned."}),
+    **_story_fields(),
+)
+
+
 class JobLinks(BaseModel):
     self: str
     events: str

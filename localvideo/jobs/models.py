@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import LocalVideoError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-JobKind = Literal["text-to-video"]
-Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "done"]
+JobKind = Literal["text-to-video", "story"]
+Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "joining", "done"]  # joining: stories
 
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
@@ -59,6 +59,8 @@ class JobProgress(BaseModel):
     total: int = 0
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    scene: int | None = None  # stories: scene (1-based) of ``scenes`` being made
+    scenes: int | None = None
 
 
 class JobError(BaseModel):
@@ -86,6 +88,7 @@ class JobResult(BaseModel):
     timings: dict[str, float]
     notes: list[str] = []
     warnings: list[str] = []
+    scenes: list[dict[str, Any]] = []  # stories: per scene seed, frames, [start_frame, end_frame), transition
 
 
 class Job(BaseModel):

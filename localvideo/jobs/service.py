@@ -181,6 +181,36 @@ class JobService:
             self._wake.notify_all()
         return job
 
+    def submit_story(self, request: dict | None = None, **fields: Any) -> Job:
+        """Validate and queue a story job (kind ``story``: see :mod:`localvideo.story`). Checked at once like
+        :meth:`submit`: the script (errors name the line), frames, crossfades, continuity, the longest scene planned
+        on this machine, the model installed. The seed is pinned."""
+        from ..runtime.store import find, pull_command
+        from ..story import StoryRequest, plan_story
+
+        if self.stopping:
+            raise ServiceUnavailable("The job service is shutting down.", hint="Submit again after it restarts.")
+        data = {**(request or {}), **fields}
+        if data.get("output") is not None:
+            raise InvalidRequest("Jobs choose their own output file (under the outputs folder, by job id).",
+                                 hint="Leave output out; download the video by job id.")
+        req = StoryRequest.parse(**data)
+        opts = req.options()
+        sp = plan_story(req.source(), hardware=self.hardware(),
+                        **{k: opts[k] for k in ("model", "crossfade_s", "continuity", "seed", "fps", "width", "height",
+                                                "steps", "guidance", "duration_s")})
+        if not sp.spec.tiny and find(sp.spec, self.settings) is None:
+            raise ModelNotInstalled(f"{sp.spec.id} is not installed on this machine.",
+                                    hint=f"Download it with: {pull_command(sp.spec)}", model=sp.spec.id,
+                                    command=pull_command(sp.spec))
+        stored = req.model_dump() | {"seed": sp.seed}  # pinned now, so a retry makes the same video
+        job = self.store.insert(Job(id=uuid.uuid4().hex, kind="story", state="queued", request=stored,
+                                    created_at=utcnow(), progress=JobProgress(phase="queued")))
+        self._publish(job)
+        with self._wake:
+            self._wake.notify_all()
+        return job
+
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id) if valid_job_id(job_id) else None
         if job is None:

@@ -1,8 +1,9 @@
 """Workers: one thread per GPU (or one on a CPU-only machine) taking queued jobs and running them for real.
 
-A worker calls :func:`localvideo.generation.generate` with the process-wide warm pipeline cache, so the second job on
-the same model skips loading. Progress goes to the store and to subscribers; the job's cancel event is handed to the
-runner, which raises :class:`~localvideo.errors.Cancelled` before the VAE decodes, so a cancelled job writes nothing.
+A worker calls :func:`localvideo.generation.generate` (:func:`localvideo.story.make_story` for ``story`` jobs) with
+the process-wide warm pipeline cache, so the second job on the same model skips loading. Progress goes to the store
+and to subscribers; the job's cancel event is handed to the runner, which raises
+:class:`~localvideo.errors.Cancelled` before the VAE decodes, so a cancelled job writes nothing.
 Outputs live in ``<outputs>/<job id>/``: ``video.mp4``, its ``video.json`` sidecar and ``thumbnail.jpg``.
 """
 
@@ -76,12 +77,22 @@ class Worker(threading.Thread):
         def on_progress(p) -> None:
             svc._progress(job.id, JobProgress(phase=p.phase, step=p.step, total=p.total,
                                               elapsed_s=round(p.elapsed_s, 3),
-                                              eta_s=None if p.eta_s is None else round(p.eta_s, 3)))
+                                              eta_s=None if p.eta_s is None else round(p.eta_s, 3),
+                                              scene=getattr(p, "scene", None), scenes=getattr(p, "scenes", None)))
 
         try:
-            request = GenerationRequest.parse(**job.request, output=str(folder / VIDEO_NAME))
-            result = generate(request=request, hardware=svc.hardware_for(self.gpu_index), on_progress=on_progress,
-                              cancel=cancel, cache=default_cache(svc.settings), settings=svc.settings)
+            if job.kind == "story":
+                from ..story import StoryRequest, make_story
+
+                story = StoryRequest.parse(**job.request)
+                result = make_story(story.source(), **story.options(), output=str(folder / VIDEO_NAME),
+                                    hardware=svc.hardware_for(self.gpu_index), on_progress=on_progress,
+                                    cancel=cancel, cache=default_cache(svc.settings), settings=svc.settings)
+            else:
+                request = GenerationRequest.parse(**job.request, output=str(folder / VIDEO_NAME))
+                result = generate(request=request, hardware=svc.hardware_for(self.gpu_index),
+                                  on_progress=on_progress, cancel=cancel, cache=default_cache(svc.settings),
+                                  settings=svc.settings)
         except Cancelled:
             self._discard(job.id)
             svc._finish(job.id, cancelled=True)
@@ -103,6 +114,18 @@ class Worker(threading.Thread):
             log.exception("could not make a thumbnail for job %s", job.id)
             has_thumb = False
         size = result.path.stat().st_size
+        if job.kind == "story":
+            md = result.metadata
+            svc._finish(job.id, result=JobResult(
+                bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
+                duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=result.seed,
+                model=result.model, random_weights=result.random_weights, strategy=md.get("strategy") or "",
+                has_thumbnail=has_thumb, timings={k: float(v) for k, v in result.timings.items()},
+                notes=[n for s in result.scenes for n in s.notes], warnings=list(result.warnings),
+                scenes=[{k: getattr(s, k) for k in ("index", "text", "seed", "frames", "kept", "start_frame",
+                                                    "end_frame", "start_time_s", "transition", "task")}
+                        for s in result.scenes]))
+            return
         svc._finish(job.id, result=JobResult(
             bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
             duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=result.seed,

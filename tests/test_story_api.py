@@ -1,0 +1,81 @@
+"""Story jobs through the REST API against a live `localvideo serve` running real tiny pipelines."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from _live import shared_server, sse_jobs, wait_state
+from localvideo.media.probe import probe
+
+SCRIPT = "[0.5s] wide shot: a lighthouse on a cliff\n[0.5s] close-up: its lamp turns\n[cut] [0.5s] waves below\n"
+
+
+@pytest.fixture(scope="module")
+def server():
+    return shared_server()
+
+
+@pytest.fixture()
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def test_story_job_streams_scene_progress_and_serves_one_mp4(api, server, tmp_path):
+    r = api.post("/v1/jobs/story", json={"script": SCRIPT, "model": "tiny-wan", "width": 64, "height": 64,
+                                         "steps": 2, "seed": 5, "crossfade_s": 0.25})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "story" and job["state"] == "queued" and job["request"]["seed"] == 5
+    assert job["request"]["script"] == SCRIPT
+
+    events = sse_jobs(api, job["id"], timeout=180)
+    assert events[-1][2]["state"] == "succeeded", events[-1][2]
+    progress = [e[2]["progress"] for e in events if e[2]["progress"]]
+    scenes_seen = [p["scene"] for p in progress if p["phase"] == "denoising"]
+    assert scenes_seen == sorted(scenes_seen) and set(scenes_seen) == {1, 2, 3}
+    assert all(p["scenes"] == 3 for p in progress if p["scene"] is not None)
+    assert "joining" in [p["phase"] for p in progress]
+
+    done = api.get(f"/v1/jobs/{job['id']}").json()
+    res = done["result"]
+    # 0.5 s at 16 fps → 9 frames per scene; scene 2 continues (−1), scene 3 crossfades 4 frames: 27 − 1 − 4
+    assert res["frames"] == 22 and res["seed"] == 5 and res["random_weights"]
+    assert [(s["start_frame"], s["end_frame"], s["transition"]) for s in res["scenes"]] == [
+        (0, 9, "start"), (9, 17, "continued"), (13, 22, "crossfade")]
+    video = api.get(done["links"]["video"])
+    out = tmp_path / "story.mp4"
+    out.write_bytes(video.content)
+    info = probe(out)
+    assert info.frames == 22 and json.loads(info.tags["localvideo"])["kind"] == "story"
+    folder = server.home / "outputs" / job["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["thumbnail.jpg", "video.json", "video.mp4"]
+
+
+def test_story_job_is_checked_at_submit(api):
+    bad = api.post("/v1/jobs/story", json={"script": "a fox\n[4 fox", "model": "tiny-wan"})
+    assert bad.status_code == 422 and bad.json()["line"] == 2 and "never closed" in bad.json()["message"]
+    long = api.post("/v1/jobs/story", json={"script": "[9s] a fox", "model": "tiny-wan"})
+    assert long.status_code == 422 and "at most 65 frames" in long.json()["message"]
+    cont = api.post("/v1/jobs/story", json={"script": "a\nb", "model": "tiny-cogvideox", "continuity": True})
+    assert cont.status_code == 422 and "cannot start a clip from an image" in cont.json()["message"]
+    missing = api.post("/v1/jobs/story", json={"script": "a fox"})
+    assert missing.status_code == 409 and missing.json()["error"] == "model_not_installed"
+    extra = api.post("/v1/jobs/story", json={"script": "a fox", "model": "tiny-wan", "output": "/tmp/x.mp4"})
+    assert extra.status_code == 422
+
+
+def test_cancel_a_running_story_leaves_no_file(api, server):
+    job = api.post("/v1/jobs/story", json={"script": "[2s] a slow pan\n[2s] another slow pan", "model": "tiny-wan",
+                                           "width": 128, "height": 128, "steps": 40}).json()
+    wait_state(api, job["id"], lambda j: j["progress"] and j["progress"]["phase"] == "denoising"
+               and j["progress"]["step"] >= 1, timeout=120)
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    final = sse_jobs(api, job["id"], timeout=60)[-1][2]
+    assert final["state"] == "cancelled" and final["progress"]["scene"] == 1
+    folder = server.home / "outputs" / job["id"]
+    assert not folder.exists() or not any(folder.iterdir())
+    assert api.get(f"/v1/jobs/{job['id']}/video").status_code == 404

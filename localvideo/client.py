@@ -78,6 +78,21 @@ def _submit_body(prompt: str | None, fields: dict) -> dict:
     return body
 
 
+def _file_part(image: str | os.PathLike | bytes, name: str) -> tuple[str, bytes, str]:
+    """A multipart file; the server judges the type by content, so none is claimed here."""
+    if isinstance(image, (bytes, bytearray)):
+        return name, bytes(image), "application/octet-stream"
+    path = Path(image)
+    return path.name, path.read_bytes(), "application/octet-stream"
+
+
+def _image_request(image, last_image, prompt: str | None, fields: dict) -> dict:
+    files = {"image": _file_part(image, "image")}
+    if last_image is not None:
+        files["last_image"] = _file_part(last_image, "last_image")
+    return {"files": files, "data": {"params": json.dumps(_submit_body(prompt, fields))}}
+
+
 def _list_params(state: str | list[str] | None, limit: int, offset: int) -> list[tuple[str, Any]]:
     states = [state] if isinstance(state, str) else list(state or [])
     return [*(("state", s) for s in states), ("limit", limit), ("offset", offset)]
@@ -159,6 +174,11 @@ class Client:
     def submit(self, prompt: str | None = None, **fields: Any) -> Job:
         """Queue a text-to-video job (fields as in :func:`localvideo.generate`)."""
         return _job(self._req("POST", "/v1/jobs", json=_submit_body(prompt, fields)))
+
+    def submit_image(self, image: str | os.PathLike | bytes, prompt: str | None = None, *,
+                     last_image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
+        """Queue an image-to-video job: ``image`` (a path or bytes; PNG, JPEG or WebP) is the first frame."""
+        return _job(self._req("POST", "/v1/jobs/image-to-video", **_image_request(image, last_image, prompt, fields)))
 
     def get(self, job_id: str) -> Job:
         return _job(self._req("GET", f"/v1/jobs/{job_id}"))
@@ -267,6 +287,11 @@ class AsyncClient:
 
     async def submit(self, prompt: str | None = None, **fields: Any) -> Job:
         return _job(await self._req("POST", "/v1/jobs", json=_submit_body(prompt, fields)))
+
+    async def submit_image(self, image: str | os.PathLike | bytes, prompt: str | None = None, *,
+                           last_image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
+        return _job(await self._req("POST", "/v1/jobs/image-to-video",
+                                    **_image_request(image, last_image, prompt, fields)))
 
     async def get(self, job_id: str) -> Job:
         return _job(await self._req("GET", f"/v1/jobs/{job_id}"))

@@ -38,7 +38,8 @@ def test_health_models_system_and_openapi(api):
             "/v1/jobs/{job_id}/thumbnail", "/v1/models", "/v1/system", "/v1/health"} <= set(spec["paths"])
     fields = spec["components"]["schemas"]["JobCreate"]["properties"]
     assert {"prompt", "negative_prompt", "model", "width", "height", "num_frames", "fps", "steps", "guidance",
-            "seed"} <= set(fields) and "output" not in fields
+            "seed"} <= set(fields)
+    assert not {"output", "image", "last_image", "gguf_path", "loras", "enhance"} & set(fields), "no server paths"
 
 
 def test_submit_streams_progress_in_order_then_serves_a_decodable_mp4_with_ranges(api, server, tmp_path):

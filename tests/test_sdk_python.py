@@ -36,6 +36,16 @@ def test_sync_submit_wait_download(url, tmp_path):
         page = lv.list(state="succeeded", limit=1)
         assert page.limit == 1 and len(page.jobs) == 1 and page.jobs[0].state == "succeeded" and page.total >= 1
         assert any(m["id"] == "tiny-wan" for m in lv.models()) and "hardware" in lv.system()
+        photo = tmp_path / "photo.jpg"
+        from PIL import Image
+
+        Image.new("RGB", (96, 64), (30, 60, 200)).save(photo)
+        moving = lv.submit_image(photo, "the photo comes alive", **FAST)
+        assert moving.kind == "image-to-video"
+        assert lv.wait(moving.id, timeout=120).state == "succeeded"
+        with pytest.raises(ApiError) as e:
+            lv.submit_image(b"not an image", "x", model="tiny-wan")
+        assert e.value.status == 415
         lv.delete(job.id)
         with pytest.raises(ApiError) as e:
             lv.get(job.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import io
 import socket
 import struct
@@ -264,11 +265,36 @@ def test_wrong_content_types_are_refused(api):
     assert r.status_code == 415
 
 
-def test_valid_image_is_checked_then_i2v_says_not_available_yet(api):
-    r = api.post(I2V, files={"image": ("photo.bin", png_bytes(), "application/octet-stream")},
-                 data={"params": '{"prompt": "make it move", "model": "tiny-wan"}'})
-    assert r.status_code == 501 and r.json()["error"] == "not_implemented"
-    assert "not available yet" in r.json()["message"] and "64×48 PNG" in r.json()["message"]
+def test_valid_image_upload_makes_an_image_to_video_job(api, server):
+    from _live import sse_jobs
+
+    r = api.post(I2V, files={"image": ("photo.bin", png_bytes(160, 120), "application/octet-stream")},
+                 data={"params": '{"prompt": "make it move", "model": "tiny-wan", "steps": 2, "num_frames": 9}'})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "image-to-video" and job["request"]["image"] == "uploaded:image.png", "no server path shown"
+    final = sse_jobs(api, job["id"])[-1][2]
+    assert final["state"] == "succeeded" and final["result"]["frames"] == 9
+    assert (final["result"]["width"], final["result"]["height"]) == (144, 112), "follows the image's aspect ratio"
+    stored = server.home / "uploads" / job["id"] / "image.png"
+    assert stored.read_bytes() == png_bytes(160, 120), "stored by job id, under a name the server chose"
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 204 and not stored.parent.exists()
+
+
+def test_clients_cannot_name_server_paths(api):
+    for field, value in [("image", "/etc/passwd"), ("last_image", "../../x.png"), ("output", "/tmp/x.mp4"),
+                         ("gguf_path", "/models/x.gguf"), ("loras", [["/x.safetensors", 1.0]]),
+                         ("enhance", "/some/folder")]:
+        r = api.post("/v1/jobs", json={"prompt": "x", "model": "tiny-wan", field: value})
+        assert r.status_code == 422 and "not a known field" in r.json()["message"], (field, r.text)
+        r = api.post(I2V, files={"image": ("a.png", png_bytes(), "image/png")},
+                     data={"params": json.dumps({"prompt": "x", "model": "tiny-wan", field: value})})
+        assert r.status_code == 422 and "not a known field" in r.json()["message"], (field, r.text)
+    r = api.post(I2V, files={"image": ("a.png", png_bytes(), "image/png")},
+                 data={"params": '{"prompt": "x", "model": "tiny-cogvideox"}'})
+    assert r.status_code == 422 and "i2v" in r.json()["message"], "a t2v-only model refuses an image"
+    r = api.post(I2V, files={"image": ("a.png", png_bytes(), "image/png")}, data={"params": "[1, 2]"})
+    assert r.status_code == 422
 
 
 def test_request_bodies_are_bounded(api):

@@ -23,14 +23,14 @@ from ..jobs.service import JobService
 from ..media.upload import UnsupportedMediaType, UploadTooLarge
 from ..settings import Settings, get_settings
 from .auth import GuardMiddleware, Unauthorized, check_bind, is_loopback
-from .routes import STORY, UPLOAD_I2V, NotAvailable, public, router
+from .routes import STORY, UPLOAD_I2V, public, router
 
 log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type, int]] = [
     (JobNotFound, 404), (JobConflict, 409), (Unauthorized, 401), (UploadTooLarge, 413),
     (UnsupportedMediaType, 415), (ModelNotInstalled, 409), (DoesNotFit, 422), (InvalidRequest, 422),
-    (Cancelled, 409), (ServiceUnavailable, 503), (NotAvailable, 501), (OutputError, 500), (GenerationFailed, 500),
+    (Cancelled, 409), (ServiceUnavailable, 503), (OutputError, 500), (GenerationFailed, 500),
 ]
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type",

@@ -7,24 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..errors import InvalidRequest, LocalVideoError
+from ..errors import InvalidRequest
 from ..jobs.models import JobState
 from ..jobs.service import MAX_PAGE, JobService
 from ..media.upload import check_image
-from ..request import GenerationRequest
+from ..request import _one_sentence as one_sentence
 from .auth import Unauthorized, token_matches
 from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, StoryCreate, SystemOut
 from .sse import job_events
 
 UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds its body separately)
 STORY = "/v1/jobs/story"
-
-
-class NotAvailable(LocalVideoError):
-    code = "not_implemented"
 
 
 def service(request: Request) -> JobService:
@@ -68,26 +65,36 @@ def create_story_job(body: StoryCreate, svc: Svc) -> JobOut:  # type: ignore[val
 
 
 @router.post(UPLOAD_I2V.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],
-             responses={400: E, 413: E, 415: E, 422: E, 501: E})
-async def create_image_job(request: Request, image: Annotated[UploadFile, File(description="PNG, JPEG or WebP")],
-                           params: Annotated[str, Form(max_length=20000, description="Job fields as JSON")] = "{}",
-                           ) -> JobOut:
-    """Image-to-video: the upload is checked (bytes, pixels, content), then the job is queued."""
-    settings = request.app.state.service.settings
-    data = await image.read(settings.api_max_upload_bytes + 1)
-    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
-                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
+             responses={400: E, 409: E, 413: E, 415: E, 422: E})
+async def create_image_job(
+    request: Request,
+    image: Annotated[UploadFile, File(description="First frame: PNG, JPEG or WebP (checked by content)")],
+    params: Annotated[str, Form(max_length=20000, description="Job fields as a JSON object (as POST /v1/jobs)")] = "{}",
+    last_image: Annotated[UploadFile | None, File(description="Last frame, for models that support it")] = None,
+) -> JobOut:
+    """Image-to-video: the upload is checked (bytes, pixels, content), stored by job id, and the job queued."""
+    svc: JobService = request.app.state.service
+    settings = svc.settings
+    uploads = {}
+    for key, upload in (("image", image), ("last_image", last_image)):
+        if upload is None:
+            continue
+        data = await upload.read(settings.api_max_upload_bytes + 1)
+        uploads[key] = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
+                                               max_pixels=settings.api_max_upload_pixels,
+                                               declared_type=upload.content_type)
     try:
         fields = json.loads(params)
     except ValueError:
         raise InvalidRequest("params must be a JSON object of job fields.") from None
     if not isinstance(fields, dict):
         raise InvalidRequest("params must be a JSON object of job fields.")
-    if "image" not in GenerationRequest.model_fields:
-        raise NotAvailable(f"Image-to-video is not available yet: the image ({checked.width}×{checked.height} "
-                           f"{checked.format}) is valid, but the generation layer cannot take an image.",
-                           hint="Use POST /v1/jobs for text-to-video.")
-    raise NotAvailable("Image-to-video is not wired into the job service yet.")  # pragma: no cover
+    try:
+        body = JobCreate.model_validate(fields)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise InvalidRequest(one_sentence(e), hint="params takes the same fields as POST /v1/jobs.") from None
+    job = await run_in_threadpool(lambda: svc.submit(uploads=uploads, **body.model_dump(exclude_unset=True)))
+    return JobOut.of(job)
 
 
 @router.get("/jobs", response_model=JobPageOut, tags=["jobs"], responses=COMMON)

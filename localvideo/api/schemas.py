@@ -9,9 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..jobs.models import Job
 from ..request import MAX_PROMPT_CHARS, GenerationRequest
 
-# Every GenerationRequest field except ``output``: the service chooses where files go, clients never send paths.
+# An allow-list of GenerationRequest fields. Left out on purpose: every field that names a file or folder on the
+# server (output, image, last_image, gguf_path, loras, enhance) — the service chooses where files go and clients
+# upload images instead — and compile (minutes of torch.compile on a shared server).
+API_FIELDS = ("prompt", "negative_prompt", "model", "width", "height", "num_frames", "fps", "steps", "guidance",
+              "seed", "strategy", "vae_tiling", "expand_prompt", "quantization", "step_cache", "attention")
 _fields: dict[str, Any] = {name: (f.annotation, f) for name, f in GenerationRequest.model_fields.items()
-                           if name != "output"}
+                           if name in API_FIELDS}
 _fields["prompt"] = (str, Field(min_length=1, max_length=MAX_PROMPT_CHARS,
                                 description="What the video shows.", examples=["a red fox trotting through snow"]))
 _fields["model"] = (str, Field(default="wan2.1-t2v-1.3b", max_length=200, description="Model id (GET /v1/models)."))
@@ -54,7 +58,11 @@ class JobOut(Job):
         base = f"/v1/jobs/{job.id}"
         done = job.state == "succeeded"
         thumb = done and job.result is not None and job.result.has_thumbnail
-        return cls(**job.model_dump(), links=JobLinks(self=base, events=f"{base}/events",
+        data = job.model_dump()
+        for key in ("image", "last_image"):  # server paths stay on the server
+            if data["request"].get(key):
+                data["request"][key] = "uploaded:" + str(data["request"][key]).replace("\\", "/").rsplit("/", 1)[-1]
+        return cls(**data, links=JobLinks(self=base, events=f"{base}/events",
                                                       video=f"{base}/video" if done else None,
                                                       thumbnail=f"{base}/thumbnail" if thumb else None))
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import LocalVideoError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-JobKind = Literal["text-to-video", "story"]
+JobKind = Literal["text-to-video", "image-to-video", "story"]
 Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "joining", "done"]  # joining: stories
 
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")

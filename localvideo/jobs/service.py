@@ -150,11 +150,14 @@ class JobService:
         return self._stopping.is_set()
 
     # -- the public surface ----------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest | dict | None = None, **fields: Any) -> Job:
-        """Validate, plan and queue a text-to-video job. Raises InvalidRequest / UnknownModel / DoesNotFit /
-        ModelNotInstalled at once rather than queueing a job that cannot run."""
-        from ..catalog import get_model
-        from ..planner import plan as make_plan
+    def submit(self, request: GenerationRequest | dict | None = None, *, uploads: dict | None = None,
+               **fields: Any) -> Job:
+        """Validate, plan and queue a job (image-to-video when it has an ``image``). Raises InvalidRequest /
+        UnknownModel / DoesNotFit / ModelNotInstalled at once rather than queueing a job that cannot run.
+
+        ``uploads`` maps ``image`` / ``last_image`` to checked uploads
+        (:class:`~localvideo.media.upload.CheckedImage`); they are stored under ``<home>/uploads/<job id>/``."""
+        from ..generation import prepare
         from ..runtime.store import find, pull_command
 
         if self.stopping:
@@ -165,16 +168,29 @@ class JobService:
         if data.get("output") is not None:
             raise InvalidRequest("Jobs choose their own output file (under the outputs folder, by job id).",
                                  hint="Leave output out; download the video by job id.")
-        req = GenerationRequest.parse(**data)
-        spec = get_model(req.model)
-        plan = make_plan(req, spec, self.hardware())
-        if not spec.tiny and find(spec, self.settings) is None:
-            raise ModelNotInstalled(f"{spec.id} is not installed on this machine.",
-                                    hint=f"Download it with: {pull_command(spec)}", model=spec.id,
-                                    command=pull_command(spec))
-        stored = req.model_dump(exclude={"output"})
+        job_id = uuid.uuid4().hex
+        try:
+            for key, upload in (uploads or {}).items():
+                if key not in ("image", "last_image"):
+                    raise InvalidRequest(f"Unknown upload {key!r}.")
+                folder = self.upload_dir(job_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{key}{upload.extension}"
+                path.write_bytes(upload.data)
+                data[key] = str(path)
+            req = GenerationRequest.parse(**data)
+            spec, plan = prepare(req, self.hardware(), self.settings)
+            if not spec.tiny and find(spec, self.settings) is None:
+                raise ModelNotInstalled(f"{spec.id} is not installed on this machine.",
+                                        hint=f"Download it with: {pull_command(spec)}", model=spec.id,
+                                        command=pull_command(spec))
+        except BaseException:
+            shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
+            raise
+        stored = req.model_dump(mode="json", exclude={"output"})
         stored["seed"] = plan.seed  # pinned now, so a retry makes the same video
-        job = self.store.insert(Job(id=uuid.uuid4().hex, state="queued", request=stored, created_at=utcnow(),
+        kind = "image-to-video" if req.image else "text-to-video"
+        job = self.store.insert(Job(id=job_id, kind=kind, state="queued", request=stored, created_at=utcnow(),
                                     progress=JobProgress(phase="queued")))
         self._publish(job)
         with self._wake:
@@ -279,6 +295,7 @@ class JobService:
             gone = self.store.delete(job_id, [s for s in STATES if s != "running"])
             if gone:
                 shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
                 return
         job = self.store.get(job_id)
         if job is None:
@@ -292,6 +309,12 @@ class JobService:
         if not valid_job_id(job_id):
             raise JobNotFound(job_id)
         return self.settings.outputs / job_id
+
+    def upload_dir(self, job_id: str) -> Path:
+        """Inputs of a job (uploaded images): kept apart from its outputs, so a retry still has them."""
+        if not valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        return self.settings.home / "uploads" / job_id
 
     def video_path(self, job_id: str) -> Path:
         return self._artifact(job_id, VIDEO_NAME, "video")

@@ -62,7 +62,7 @@ export interface JobErrorInfo {
 
 export interface Job {
   id: string;
-  kind: "text-to-video";
+  kind: "text-to-video" | "image-to-video" | "story";
   state: JobState;
   request: JobRequest & Record<string, unknown>;
   progress: JobProgress | null;
@@ -254,6 +254,29 @@ export class LocalVideoClient {
   async submit(request: JobRequest): Promise<Job> {
     const body = Object.fromEntries(Object.entries(request).filter(([, v]) => v !== undefined));
     return (await this.request("POST", "/v1/jobs", { body })).json() as Promise<Job>;
+  }
+
+  /** Queue an image-to-video job: `image` (PNG, JPEG or WebP bytes; checked by content on the server) is the
+   *  first frame. */
+  async submitImage(image: Blob | Uint8Array, request: JobRequest,
+                    options: { lastImage?: Blob | Uint8Array } = {}): Promise<Job> {
+    const form = new FormData();
+    const blob = (b: Blob | Uint8Array) => (b instanceof Blob ? b : new Blob([new Uint8Array(b)]));
+    form.append("image", blob(image), "image");
+    if (options.lastImage !== undefined) form.append("last_image", blob(options.lastImage), "last_image");
+    const params = Object.fromEntries(Object.entries(request).filter(([, v]) => v !== undefined));
+    form.append("params", JSON.stringify(params));
+    let res: Response;
+    try {
+      res = await this.fetchImpl(`${this.baseUrl}/v1/jobs/image-to-video`, {
+        method: "POST", headers: this.headers(), body: form,
+      });
+    } catch (e) {
+      throw new ApiError(0, "unreachable", `Could not reach the localvideo server at ${this.baseUrl}: ${e}`,
+                         "Start it with `localvideo serve`.");
+    }
+    if (!res.ok) throw await errorFrom(res);
+    return res.json() as Promise<Job>;
   }
 
   async get(jobId: string): Promise<Job> {

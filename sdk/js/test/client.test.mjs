@@ -61,6 +61,13 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   assert.equal(page.jobs[0].state, "succeeded");
   const models = await lv.models();
   assert.ok(models.find((m) => m.id === "tiny-wan")?.installed);
+  // image-to-video: the first frame of the video we just made, as the input image
+  const moving = await lv.submitImage(thumb, { prompt: "the frame comes alive", ...FAST });
+  assert.equal(moving.kind, "image-to-video");
+  assert.equal((await lv.wait(moving.id, { timeoutMs: 120_000 })).state, "succeeded");
+  await assert.rejects(lv.submitImage(new TextEncoder().encode("plain text"), { prompt: "x", model: "tiny-wan" }),
+                       (e) => e instanceof ApiError && e.status === 415);
+
   await lv.delete(job.id);
   await assert.rejects(lv.get(job.id), (e) => e instanceof ApiError && e.status === 404 && e.code === "not_found");
 });

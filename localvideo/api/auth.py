@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import secrets
+import time
 from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest, LocalVideoError
@@ -57,6 +59,34 @@ def token_matches(header: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode())
+
+
+# -- browser sessions (the web UI): a signed cookie, issued by the UI's login form after checking the token ------
+SESSION_COOKIE = "localvideo_session"
+SESSION_TTL_S = 12 * 3600
+
+
+def _session_key(token: str) -> bytes:
+    return hashlib.sha256(b"localvideo-ui-session\0" + token.encode()).digest()
+
+
+def new_session(token: str, ttl_s: int = SESSION_TTL_S, now: float | None = None) -> str:
+    """A cookie value proving its holder typed ``token`` (until it expires; a new token voids every session)."""
+    exp = int((time.time() if now is None else now) + ttl_s)
+    sig = hmac.new(_session_key(token), f"v1.{exp}".encode(), hashlib.sha256).hexdigest()
+    return f"v1.{exp}.{sig}"
+
+
+def session_valid(value: str | None, token: str, now: float | None = None) -> bool:
+    if not value or not token:
+        return False
+    parts = value.split(".")
+    if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
+        return False
+    if int(parts[1]) < (time.time() if now is None else now):
+        return False
+    want = hmac.new(_session_key(token), f"v1.{parts[1]}".encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(parts[2].encode("utf-8", "surrogateescape"), want.encode())
 
 
 def _host_of(host_header: str) -> str:

@@ -16,7 +16,7 @@ from ..jobs.models import JobState
 from ..jobs.service import MAX_PAGE, JobService
 from ..media.upload import check_image
 from ..request import _one_sentence as one_sentence
-from .auth import Unauthorized, token_matches
+from .auth import SESSION_COOKIE, Unauthorized, session_valid, token_matches
 from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, StoryCreate, SystemOut
 from .sse import job_events
 
@@ -30,8 +30,19 @@ def service(request: Request) -> JobService:
 
 def require_token(request: Request) -> None:
     token = request.app.state.token
-    if token and not token_matches(request.headers.get("authorization"), token):
+    if token and not token_matches(request.headers.get("authorization"), token) and not _media_session(request, token):
         raise Unauthorized("A valid API token is required.", hint="Send the header Authorization: Bearer <token>.")
+
+
+def _media_session(request: Request, token: str) -> bool:
+    """A web-UI login (signed session cookie) may read a job's video and thumbnail — a <video> element cannot send
+    a header — and nothing else: every other route still needs the bearer token."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    parts = request.url.path.split("/")  # "", "v1", "jobs", <id>, "video"
+    if len(parts) != 5 or parts[1:3] != ["v1", "jobs"] or parts[4] not in ("video", "thumbnail"):
+        return False
+    return session_valid(request.cookies.get(SESSION_COOKIE), token)
 
 
 Svc = Annotated[JobService, Depends(service)]

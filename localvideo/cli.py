@@ -378,21 +378,25 @@ def serve(
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); "
                                                                     "CORS is off by default."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the web studio at / (behind a token login when a "
+                                                       "token is set)."),
 ) -> None:
-    """Run the job service and the REST API (http://127.0.0.1:8765/docs)."""
+    """Run the job service, the REST API (/v1, docs at /docs) and the web studio (/) on one port."""
     from .api.auth import check_bind
 
     try:
         check_bind(host, token)  # before anything listens
         from .api.app import create_app
 
-        api = create_app(host=host, token=token, cors_origins=cors_origin or None)
+        api = create_app(host=host, token=token, cors_origins=cors_origin or None, ui=ui)
     except LocalVideoError as e:
         _fail(e, False)
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host
     c = _console(stderr=True)
+    if ui:
+        c.print(f"localvideo studio on [bold]http://{shown}:{port}/[/]", markup=True)
     c.print(f"localvideo API on [bold]http://{shown}:{port}/v1[/]  (docs: http://{shown}:{port}/docs)", markup=True)
     if token:
         c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)

@@ -45,9 +45,12 @@ def status_for(err: LocalVideoError) -> int:
 
 
 def create_app(settings: Settings | None = None, *, service: JobService | None = None, host: str = "127.0.0.1",
-               token: str | None = None, cors_origins: list[str] | None = None) -> FastAPI:
+               token: str | None = None, cors_origins: list[str] | None = None, ui: bool = False) -> FastAPI:
     """The API for one job service. ``token`` and ``cors_origins`` default to the settings
-    (``LOCALVIDEO_API_TOKEN``, ``LOCALVIDEO_API_CORS_ORIGINS``). Raises InvalidRequest for an unsafe bind."""
+    (``LOCALVIDEO_API_TOKEN``, ``LOCALVIDEO_API_CORS_ORIGINS``). Raises InvalidRequest for an unsafe bind.
+
+    ``ui=True`` mounts the web UI (:mod:`localvideo.ui`, Gradio) at ``/`` on the same service, behind a token login
+    when a token is set; it imports gradio, so only ``localvideo serve`` asks for it."""
     settings = settings or get_settings()
     token = token if token is not None else settings.api_token
     cors = list(cors_origins if cors_origins is not None else settings.api_cors_origins)
@@ -109,10 +112,15 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
         app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Range", "Last-Event-ID"],
                            expose_headers=["Content-Range", "Accept-Ranges", "Content-Length"], max_age=600)
+    upload_paths = {UPLOAD_I2V: settings.api_max_upload_bytes + 64 * 1024}
+    if ui:
+        from ..ui import mount
+
+        upload_paths |= {p: settings.api_max_upload_bytes + 64 * 1024 for p in mount(app, svc, settings, token=token)}
     # Added last = runs first: nothing reaches the app (CORS included) without passing the guard.
     app.add_middleware(GuardMiddleware, loopback_only_hosts=is_loopback(host) and not token, allowed_origins=cors,
                        max_body=settings.api_max_body_bytes,
-                       upload_paths={UPLOAD_I2V: settings.api_max_upload_bytes + 64 * 1024},
+                       upload_paths=upload_paths,
                        body_types={("POST", "/v1/jobs"): "application/json", ("POST", STORY): "application/json",
                                    ("POST", UPLOAD_I2V): "multipart/form-data"})
     return app

@@ -367,7 +367,8 @@ class JobService:
             }
             task = "t2v" if "t2v" in m.tasks else m.tasks[0]
             try:
-                p = make_plan(GenerationRequest(prompt="fit check", model=m.id, seed=0), m, hw, task=task)
+                image = None if task == "t2v" else "fit-check.png"  # i2v-only models: planned at their default size
+                p = make_plan(GenerationRequest(prompt="fit check", model=m.id, seed=0, image=image), m, hw, task=task)
                 row |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
                         "peak_gb": round(p.estimate.peak_device_bytes / GB, 2), "reason": None}
             except LocalVideoError as e:

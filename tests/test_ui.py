@@ -1,0 +1,334 @@
+"""The web studio in a real browser: headless Debian chromium (Python playwright, no browser download) driving a live
+`localvideo serve` (UI at /, API at /v1, one process) that runs real tiny pipelines.
+
+Screenshots of every tab go to artifacts/ui/*.png. Tests in this file run in order on one page (module scope).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _live import LiveServer
+
+CHROMIUM = os.environ.get("LOCALVIDEO_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                                              "(pip install -e '.[test]')")
+if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = LiveServer(tmp_path_factory.mktemp("ui-home")).start(timeout=120)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#create-plan .lv-plan")
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture()
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=30, headers=server.headers) as c:
+        yield c
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page, tab_id: str) -> None:
+    page.click(f"#tab-{tab_id}-button")
+    page.wait_for_selector(f"#tab-{tab_id}", state="visible")
+
+
+def pick(page, elem_id: str, text: str) -> None:
+    """Choose the option of a gradio dropdown whose label starts with ``text``."""
+    page.click(f"#{elem_id} input")
+    page.locator("li[role=option]", has_text=re.compile("^(✓\\s*)?" + re.escape(text))).first.click()
+
+
+def set_number(page, selector: str, value) -> None:
+    page.fill(selector, str(value))
+    page.keyboard.press("Enter")
+
+
+def panel(page, prefix: str) -> dict:
+    return page.eval_on_selector(f"#{prefix}-progress .lv-panel", "e => ({state: e.dataset.state, "
+                                 "step: +(e.dataset.step || 0), job: e.dataset.job, text: e.innerText, "
+                                 "value: e.querySelector('progress') && e.querySelector('progress').getAttribute('value')})")
+
+
+def watch(page, prefix: str, until, timeout: float = 90.0) -> list[dict]:
+    """Samples of a progress panel until ``until(sample)``; fails after ``timeout`` seconds."""
+    samples, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = panel(page, prefix)
+        samples.append(s)
+        if until(s):
+            return samples
+        time.sleep(0.1)
+    raise AssertionError(f"{prefix}: condition not reached in {timeout} s; last {samples[-3:]}")
+
+
+def video_ready(page, selector: str) -> dict:
+    page.wait_for_selector(selector)
+    page.wait_for_function(f"() => {{ const v = document.querySelector({selector!r}); "
+                           "return v && v.readyState >= 1 && v.duration > 0; }")
+    return page.eval_on_selector(selector, "v => ({src: v.currentSrc, duration: v.duration, error: v.error, "
+                                           "ready: v.readyState})")
+
+
+def history_row(page, job_id: str, state: str | None = None, timeout: float = 20_000):
+    sel = f'#history-table tr[data-job="{job_id}"]' + (f'[data-state="{state}"]' if state else "")
+    page.wait_for_selector(sel, timeout=timeout)
+    return sel
+
+
+# -- the studio -----------------------------------------------------------------------------------------------------
+JOBS: dict[str, str] = {}
+
+
+def test_create_shows_progress_advancing_then_plays_the_video(page, api):
+    shot(page, "create")
+    pick(page, "create-model", "tiny-ltx")  # a tiny model other than the default, then back: the picker works
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('24 fps')")
+    pick(page, "create-model", "tiny-wan")
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('16 fps')")
+    assert "RANDOM WEIGHTS" in page.inner_text("#create-model-info").upper()
+    page.fill("#create-prompt textarea", "a lighthouse in a storm at night")
+    set_number(page, "#create-steps input[type=number]", 24)
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('24 steps')")
+    page.click("#create-generate")
+    samples = watch(page, "create", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
+    assert samples[-1]["state"] == "succeeded", samples[-1]
+    steps = [s["step"] for s in samples if s["state"] == "running" and "Denoising" in s["text"]]
+    assert len(set(steps)) >= 2 and steps == sorted(steps), f"progress bar did not advance: {steps}"
+    assert any("left" in s["text"] for s in samples if "Denoising" in s["text"]), "no ETA shown"
+    job_id = samples[-1]["job"]
+    JOBS["first"] = job_id
+
+    v = video_ready(page, "#create-result video")
+    assert v["src"].endswith(f"/v1/jobs/{job_id}/video") and v["error"] is None
+    assert abs(v["duration"] - 17 / 16) < 0.1, v
+    part = page.request.get(v["src"], headers={"Range": "bytes=0-99"})  # the browser's cookies, a seekable source
+    assert part.status == 206 and len(part.body()) == 100
+    href = page.get_attribute("#create-result a.lv-download", "href")
+    assert href == f"/v1/jobs/{job_id}/video"
+    job = api.get(f"/v1/jobs/{job_id}").json()  # the UI's job is the API's job
+    assert job["state"] == "succeeded" and job["request"]["steps"] == 24 and job["request"]["model"] == "tiny-wan"
+    shot(page, "create-done")
+
+
+def test_history_lists_the_job_and_refills_create(page, api):
+    job_id = JOBS["first"]
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    page.fill("#create-prompt textarea", "something else entirely")
+    set_number(page, "#create-steps input[type=number]", 7)
+    tab(page, "history")
+    row = history_row(page, job_id, "succeeded")
+    assert "a lighthouse in a storm" in page.inner_text(row) and "tiny-wan" in page.inner_text(row)
+    page.wait_for_function(f"() => {{ const i = document.querySelector('{row} img.lv-thumb'); "
+                           "return i && i.complete && i.naturalWidth > 0; }")
+    page.click(row)
+    page.wait_for_selector(f'#history-title [data-job="{job_id}"]')
+    video_ready(page, "#history-result video")
+    page.click("#history-metadata button, #history-metadata .label-wrap")
+    page.wait_for_function("() => document.querySelector('#history-metadata').innerText.includes('timings')")
+    shot(page, "history")
+
+    page.click("#history-reuse")
+    page.wait_for_selector("#tab-create", state="visible")
+    page.wait_for_function("() => document.querySelector('#create-prompt textarea').value.includes('lighthouse')")
+    assert page.input_value("#create-prompt textarea") == "a lighthouse in a storm at night"
+    assert page.input_value("#create-steps input[type=number]") == "24"
+    assert page.is_checked("#create-seed-mode input[value=fixed]")
+    assert page.input_value("#create-seed input") == str(job["request"]["seed"])
+
+
+def test_cancel_a_second_job_mid_run(page, api):
+    tab(page, "create")
+    page.fill("#create-prompt textarea", "a very long job to cancel")
+    set_number(page, "#create-steps input[type=number]", 100)
+    page.check("#create-seed-mode input[value=random]")
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('100 steps')")
+    page.click("#create-generate")
+    running = watch(page, "create", lambda s: s["state"] == "running" and s["step"] >= 2)[-1]
+    assert running["job"] != JOBS["first"]
+    page.click("#create-cancel")
+    done = watch(page, "create", lambda s: s["state"] in ("cancelled", "succeeded", "failed"), timeout=30)[-1]
+    assert done["state"] == "cancelled", done
+    job = api.get(f"/v1/jobs/{done['job']}").json()
+    assert job["state"] == "cancelled" and job["links"]["video"] is None
+    assert page.query_selector("#create-result video") is None
+    JOBS["cancelled"] = done["job"]
+    tab(page, "history")
+    history_row(page, done["job"], "cancelled")
+
+
+def test_retry_and_cancel_from_history(page, api):
+    job_id = JOBS["cancelled"]
+    row = history_row(page, job_id, "cancelled")
+    page.click(row)
+    page.wait_for_selector(f'#history-title [data-job="{job_id}"]')
+    page.wait_for_selector("#history-retry:enabled")
+    page.click("#history-retry")
+    page.wait_for_function(f"""() => {{ const p = document.querySelector('#history-progress .lv-panel');
+        return p && p.dataset.job === '{job_id}' && p.dataset.state === 'running' && +p.dataset.step >= 1; }}""",
+                           timeout=60_000)
+    assert api.get(f"/v1/jobs/{job_id}").json()["attempts"] == 2
+    page.click("#history-cancel")
+    history_row(page, job_id, "cancelled", timeout=30_000)
+    assert api.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+
+
+def test_a_job_from_the_rest_api_appears_in_history_and_can_be_deleted(page, api):
+    r = api.post("/v1/jobs", json={"prompt": "submitted through the REST API", "model": "tiny-wan", "steps": 2,
+                                   "num_frames": 9})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    row = history_row(page, job_id, "succeeded", timeout=60_000)
+    assert "submitted through the REST API" in page.inner_text(row)
+    page.click(row)
+    page.wait_for_selector(f'#history-title [data-job="{job_id}"]')
+    page.wait_for_selector("#history-delete:enabled")
+    page.click("#history-delete")
+    page.wait_for_selector(f'#history-table tr[data-job="{job_id}"]', state="detached")
+    assert api.get(f"/v1/jobs/{job_id}").status_code == 404
+
+
+def test_image_to_video_tab(page, tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (200, 120))
+    img.putdata([(x, y * 2, 128) for y in range(120) for x in range(200)])
+    photo = tmp_path / "photo.png"
+    img.save(photo)
+    tab(page, "i2v")
+    page.set_input_files("#i2v-image input[type=file]", str(photo))
+    page.wait_for_selector("#i2v-image img")
+    pick(page, "i2v-model", "tiny-wan")
+    page.fill("#i2v-prompt textarea", "the camera pushes in")
+    set_number(page, "#i2v-steps input[type=number]", 3)
+    page.click("#i2v-generate")
+    last = watch(page, "i2v", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))[-1]
+    assert last["state"] == "succeeded", last
+    v = video_ready(page, "#i2v-result video")
+    assert v["src"].endswith(f"/v1/jobs/{last['job']}/video")
+    assert "animate" in page.inner_text("#i2v-animate-note")  # the missing photo-animation kind says why
+    shot(page, "image-to-video")
+
+
+def test_story_tab_shows_progress_per_scene(page, api):
+    tab(page, "story")
+    page.fill("#story-script textarea", "[0.5s] wide shot: a fox wakes in its den\n[cut] [0.5s] it runs into the snow")
+    pick(page, "story-model", "tiny-wan")
+    set_number(page, "#story-steps input[type=number]", 10)
+    page.click("#story-generate")
+    samples = watch(page, "story", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
+    assert samples[-1]["state"] == "succeeded", samples[-1]
+    scenes = {m.group(0) for s in samples if (m := re.search(r"Scene \d of 2", s["text"]))}
+    assert "Scene 2 of 2" in scenes, scenes
+    video_ready(page, "#story-result video")
+    job = api.get(f"/v1/jobs/{samples[-1]['job']}").json()
+    assert job["kind"] == "story" and len(job["result"]["scenes"]) == 2
+    shot(page, "story")
+
+
+def test_models_tab_pulls_and_reports_failures(page):
+    tab(page, "models")
+    page.wait_for_selector('#models-table tr[data-model="tiny-cogvideox"]')
+    pick(page, "models-pick", "tiny-cogvideox")
+    page.click("#models-pull")
+    page.wait_for_selector('#models-pull-status [data-state="succeeded"]', timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#models-table tr[data-model=\"tiny-cogvideox\"]')"
+                           ".innerText.includes('KB')")  # its size on disk, now that it is built
+    pick(page, "models-pick", "wan2.1-t2v-1.3b")
+    page.click("#models-pull")
+    page.wait_for_selector('#models-pull-status [data-state="failed"]', timeout=60_000)  # offline: says why
+    assert "pull failed" in page.inner_text("#models-pull-status").lower()
+    text = page.inner_text('#models-table tr[data-model="wan2.1-t2v-14b"]').lower()
+    assert "not installed" in text and "does not fit this machine" in text
+    shot(page, "models")
+
+
+def test_system_tab(page):
+    tab(page, "system")
+    page.click("#tab-system button")  # refresh
+    page.wait_for_function("() => document.querySelector('#system-info').innerText.includes('What fits')")
+    text = page.inner_text("#system-info")
+    assert "RAM" in text and "tiny-wan" in text and "no token" in text
+    shot(page, "system")
+
+
+# -- token mode -----------------------------------------------------------------------------------------------------
+def test_token_mode_requires_login_and_the_cookie_opens_only_media(browser, tmp_path):
+    token = "ui-test-token-" + "x" * 20
+    srv = LiveServer(tmp_path / "home", token=token).start(timeout=120)
+    try:
+        assert httpx.get(srv.url + "/", follow_redirects=False).status_code in (303, 401)
+        assert httpx.get(srv.url + "/config").status_code == 401  # nothing of the UI without a login
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(srv.url + "/")
+        assert pg.url.endswith("/login")
+        shot(pg, "login")
+        pg.fill("#token", "wrong-token")
+        pg.click("button[type=submit]")
+        pg.wait_for_selector("#login-error")
+        assert "not right" in pg.inner_text("#login-error") and pg.url.endswith("/login")
+        pg.fill("#token", token)
+        pg.click("button[type=submit]")
+        pg.wait_for_selector("#create-plan .lv-plan")
+        pg.fill("#create-prompt textarea", "behind a token")
+        set_number(pg, "#create-steps input[type=number]", 2)
+        pg.click("#create-generate")
+        last = watch(pg, "create", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))[-1]
+        assert last["state"] == "succeeded", last
+        video_ready(pg, "#create-result video")  # the session cookie admits the <video> element
+        job_id = last["job"]
+        # The cookie opens a job's media, and nothing else of the API; without it the media is closed too.
+        assert pg.request.get(f"{srv.url}/v1/jobs/{job_id}/thumbnail").status == 200
+        assert pg.request.get(f"{srv.url}/v1/jobs/{job_id}").status == 401
+        assert pg.request.get(f"{srv.url}/v1/jobs").status == 401
+        assert httpx.get(f"{srv.url}/v1/jobs/{job_id}/video").status_code == 401
+        assert httpx.get(f"{srv.url}/v1/jobs/{job_id}/video", cookies={"localvideo_session": "v1.9999999999.00"}
+                         ).status_code == 401
+        assert httpx.get(f"{srv.url}/v1/jobs/{job_id}", headers=srv.headers).json()["state"] == "succeeded"
+        pg.goto(srv.url + "/logout")
+        assert pg.url.endswith("/login")
+        assert pg.request.get(f"{srv.url}/v1/jobs/{job_id}/video").status == 401
+        ctx.close()
+    finally:
+        srv.stop()

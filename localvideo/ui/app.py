@@ -48,7 +48,7 @@ QUANTIZATIONS = ["auto", "none", "fp8", "int8"]
 STEP_CACHES = [("none (default)", "none"), ("First-block cache (fbc)", "fbc"), ("MagCache (mag)", "mag"),
                ("TaylorSeer (taylor)", "taylor")]
 TILING = [("auto (the planner decides)", "auto"), ("on", "on"), ("off", "off")]
-CONTINUITY = [("auto: when the model does image → video", "auto"), ("on", "on"), ("off (hard cuts)", "off")]
+CONTINUITY = [("auto (i2v models)", "auto"), ("on", "on"), ("off (hard cuts)", "off")]
 CUSTOM = "custom"
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
@@ -255,7 +255,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                                    label="Guidance")
                         with gr.Row():
                             i_seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
-                            i_seed = gr.Number(label="Seed value (fixed)", value=0, precision=0, minimum=0)
+                            i_seed = gr.Number(label="Seed value (fixed)", value=0, precision=0, minimum=0, interactive=False)
                         gr.Markdown("The size follows the photo's aspect ratio at the model's usual area (the "
                                     "photo is centre-cropped and resized; the job's notes say how).",
                                     elem_classes="lv-sub")
@@ -288,7 +288,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                                     elem_id="story-crossfade")
                             s_continuity = gr.Dropdown(CONTINUITY, value="auto", label="Continuity",
                                                        elem_id="story-continuity")
-                            s_scene_s = gr.Number(label="Seconds per scene without [Ns]", value=None, minimum=0,
+                            s_scene_s = gr.Number(label="Seconds for scenes without [Ns] (0: model default)", value=0, minimum=0,
                                                   elem_id="story-scene-seconds")
                         with gr.Row():
                             s_preset = gr.Dropdown(label="Resolution", elem_id="story-preset",
@@ -297,7 +297,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                                 label="Steps per scene", elem_id="story-steps")
                             s_seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
                             s_seed = gr.Number(label="Base seed (scene k: seed + k − 1)", value=0, precision=0,
-                                               minimum=0)
+                                               minimum=0, interactive=False)
                     with gr.Column(scale=2):
                         with gr.Row():
                             s_go = gr.Button("Make the story", variant="primary", elem_id="story-generate")
@@ -584,7 +584,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                 out = {tabs: gr.update(selected="story"), s_script: r.get("script", ""), s_model: spec.id,
                        s_crossfade: r.get("crossfade_s") or 0,
                        s_continuity: {True: "on", False: "off"}.get(r.get("continuity"), "auto"),
-                       s_scene_s: r.get("duration_s"), s_preset: _preset_update(spec, f"{w}x{h}"),
+                       s_scene_s: r.get("duration_s") or 0, s_preset: _preset_update(spec, f"{w}x{h}"),
                        s_steps: r.get("steps") or d.steps, s_seed_mode: mode, s_seed: seed_value}
             elif job.kind == "image-to-video":
                 image = r.get("image")

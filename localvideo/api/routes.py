@@ -154,7 +154,7 @@ async def job_event_stream(job_id: str, request: Request) -> StreamingResponse:
 
 
 @router.api_route("/jobs/{job_id}/video", methods=["GET", "HEAD"], tags=["jobs"], response_class=FileResponse,
-                  responses={**COMMON, 200: {"description": "The MP4 (HTTP range requests supported)",
+                  responses={**COMMON, 409: E, 200: {"description": "The MP4 (HTTP range requests supported)",
                                              "content": {"video/mp4": {}}}, 206: {"description": "Partial content"}})
 def job_video(job_id: str, svc: Svc) -> FileResponse:
     return FileResponse(svc.video_path(job_id), media_type="video/mp4", filename=f"localvideo-{job_id}.mp4",
@@ -162,7 +162,8 @@ def job_video(job_id: str, svc: Svc) -> FileResponse:
 
 
 @router.api_route("/jobs/{job_id}/thumbnail", methods=["GET", "HEAD"], tags=["jobs"], response_class=FileResponse,
-                  responses={**COMMON, 200: {"description": "First frame, JPEG", "content": {"image/jpeg": {}}}})
+                  responses={**COMMON, 409: E, 200: {"description": "First frame, JPEG",
+                                                     "content": {"image/jpeg": {}}}})
 def job_thumbnail(job_id: str, svc: Svc) -> FileResponse:
     return FileResponse(svc.thumbnail_path(job_id), media_type="image/jpeg")
 

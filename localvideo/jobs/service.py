@@ -438,8 +438,13 @@ class JobService:
         self.events.publish(job)
 
 
-def _no_file(job: Job, what: str) -> JobNotFound:
+def _no_file(job: Job, what: str) -> JobNotFound | JobConflict:
+    """A finished job without the file: 404. A queued or running job: 409 (it exists, the file is not made yet; a
+    404 for a job just created would say it is gone)."""
+    if not job.terminal:
+        return JobConflict(f"Job {job.id} has no {what} yet: it is {job.state}.",
+                           hint="Wait until it has succeeded (GET /v1/jobs/{id}/events).", state=job.state)
     err = JobNotFound(job.id)
     err.message = f"Job {job.id} has no {what}: it is {job.state}."
-    err.hint = "Wait until it has succeeded (GET /v1/jobs/{id}/events)." if not job.terminal else None
+    err.hint = None
     return err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = 1_000_000  # JSON request bodies
     api_max_upload_bytes: int = 20_000_000  # image uploads (bytes on the wire)
     api_max_upload_pixels: int = 40_000_000  # image uploads (width x height), refuses decompression bombs
+    # -- scale-out (docs/cluster.md): where the job service's jobs run --
+    executor: Literal["local", "ray"] = "local"  # local: in this process; ray: on Ray actors (localvideo[cluster])
+    ray_address: str | None = None  # auto, HOST:PORT or ray://…; None starts a Ray instance inside the server
+    ray_actors: int | None = None  # actors to start; None = one per GPU in the cluster, else ray_cpu_actors
+    ray_cpu_actors: int = 2  # CPU actors on a cluster without GPUs
+    ray_max_retries: int = 2  # times a job runs again on another actor after the one running it died
+    ray_stream_outputs: bool = False  # actors write to their node's outputs and the head pulls the files over Ray
+    shared_dir: Path | None = None  # where actors write job files (same path on every node); None = outputs
 
     @property
     def models(self) -> Path:

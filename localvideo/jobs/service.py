@@ -67,11 +67,16 @@ class _ProcessLock:
 
 class JobService:
     def __init__(self, settings: Settings | None = None, store: JobStore | None = None,
-                 hardware: Hardware | None = None, workers: int | None = None) -> None:
+                 hardware: Hardware | None = None, workers: int | None = None, executor=None) -> None:
         """``hardware`` pins the machine description (tests, planning for a known box); default: probe it.
 
-        ``workers``: number of worker threads (default: ``settings.workers``, else one per GPU or one on CPU)."""
+        ``workers``: number of worker threads (default: ``settings.workers``, else one per GPU or one on CPU).
+        ``executor``: where claimed jobs run (:mod:`localvideo.jobs.executors`; default from
+        ``settings.executor``: in this process, or on Ray actors with one worker thread per actor)."""
+        from .executors import make_executor
+
         self.settings = settings or get_settings()
+        self.executor = executor if executor is not None else make_executor(self.settings)
         self.store: JobStore = store if store is not None else SQLiteJobStore(self.settings.jobs_db)
         self.events = EventHub()
         self._fixed_hardware = hardware
@@ -86,6 +91,7 @@ class JobService:
         self._started = False
         self._plock = _ProcessLock(Path(str(self.settings.jobs_db) + ".lock"))
         self.recovered: list[Job] = []
+        self.executor_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> "JobService":
@@ -108,20 +114,19 @@ class JobService:
         from .worker import Worker
 
         try:
-            hw = self.hardware()
-        except Exception:  # noqa: BLE001 - a probe failure must not leave the queue without workers
-            log.exception("hardware probe failed; starting one CPU worker")
-            hw = Hardware()
-        n = self._n_workers if self._n_workers is not None else max(1, len(hw.gpus))
+            slots = self.executor.start(self)  # local: one per GPU (or `workers`); ray: one per actor
+        except Exception as e:  # noqa: BLE001 - jobs stay queued; the reason is logged and shown in /v1/system
+            log.exception("the %s executor did not start; jobs stay queued", self.executor.name)
+            self.executor_error = str(e)
+            return
         with self._lock:
             if self._stopping.is_set():
                 return
-            for i in range(n):
-                gpu = hw.gpus[i % len(hw.gpus)].index if hw.gpus else None
-                w = Worker(self, f"worker-{i}", gpu)
+            for slot in slots:
+                w = Worker(self, slot)
                 self._workers.append(w)
                 w.start()
-        log.info("job service: %d worker(s) on %s", n, [w.device for w in self._workers])
+        log.info("job service: %d worker(s) on %s", len(slots), [w.device for w in self._workers])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; a running job is cancelled and marked ``interrupted`` (retry it after restart)."""
@@ -137,6 +142,10 @@ class JobService:
         deadline = time.monotonic() + timeout
         for w in workers:
             w.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.executor.stop()
+        except Exception:  # noqa: BLE001 - stopping must finish
+            log.exception("stopping the %s executor failed", self.executor.name)
         self.events.close()
         self._plock.release()
         self._started = False
@@ -382,6 +391,7 @@ class JobService:
         with self._lock:
             workers = [{"name": w.name, "device": w.device, "job_id": w.current_job} for w in self._workers]
         return {"version": __version__, "hardware": self.hardware().to_dict(), "workers": workers,
+                "executor": {**self.executor.info(), "error": self.executor_error},
                 "queue": {s: self.store.count([s]) for s in ("queued", "running")}}
 
     # -- worker side -----------------------------------------------------------------------------------------

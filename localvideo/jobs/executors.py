@@ -1,0 +1,181 @@
+"""Where a claimed job runs: the seam between the job service and the machines that make videos.
+
+The service's worker threads claim jobs from the store in order; each hands its job to the service's executor and
+records what comes back. Two executors exist:
+
+* ``local`` (the default): the job runs in this process, on the worker's GPU (or the CPU), with the process-wide warm
+  pipeline cache — what the service always did.
+* ``ray``: the job runs on a long-lived Ray actor that owns one GPU (or a CPU slot) and its own warm pipeline cache;
+  see :mod:`localvideo.jobs.ray_executor`. Ray is an optional dependency (``pip install 'localvideo[cluster]'``),
+  imported only when this executor is chosen.
+
+Both run the same function, :func:`execute`, which returns an :class:`Outcome` (a plain, picklable value) instead of
+raising: success with a :class:`JobResult`, cancelled, or failed with a :class:`JobError`. The worker then makes the
+thumbnail and moves the job to its final state.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+from ..errors import Cancelled, LocalVideoError
+from .models import VIDEO_NAME, Job, JobError, JobProgress, JobResult
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[JobProgress], None]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place a job can run at a time; the service starts one worker thread per slot."""
+
+    name: str
+    device: str  # "cpu", "gpu:0", "ray:actor-0", …
+    gpu_index: int | None = None
+
+
+@dataclass
+class Outcome:
+    state: Literal["succeeded", "cancelled", "failed"]
+    result: JobResult | None = None
+    error: JobError | None = None
+    ran_on: str = ""  # the slot / actor that produced this outcome
+
+
+class Executor(Protocol):
+    name: str
+
+    def start(self, service) -> list[Slot]:
+        """Get ready (may take seconds: a cluster connection) and say where jobs can run."""
+        ...
+
+    def run(self, job: Job, folder: Path, slot: Slot, on_progress: ProgressFn, cancel: threading.Event) -> Outcome:
+        """Run one claimed job to an outcome; its files go to ``folder``. Must not raise for a job's own failure."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+def job_progress(p) -> JobProgress:
+    """A runner/story progress event as the job service stores it."""
+    return JobProgress(phase=p.phase, step=p.step, total=p.total, elapsed_s=round(p.elapsed_s, 3),
+                       eta_s=None if p.eta_s is None else round(p.eta_s, 3),
+                       scene=getattr(p, "scene", None), scenes=getattr(p, "scenes", None))
+
+
+def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: ProgressFn, cancel, cache,
+            settings) -> Outcome:
+    """Run one job for real (generate, or make_story for ``story``) into ``folder``; never raises for the job's own
+    errors. Partial files are removed on every outcome but success. Used by both executors."""
+    from ..generation import generate
+    from ..request import GenerationRequest
+
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # a retry starts clean
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def progress(p) -> None:
+        on_progress(job_progress(p))
+
+    try:
+        if kind == "story":
+            from ..story import StoryRequest, make_story
+
+            story = StoryRequest.parse(**request)
+            result = make_story(story.source(), **story.options(), output=str(folder / VIDEO_NAME),
+                                hardware=hardware, on_progress=progress, cancel=cancel, cache=cache,
+                                settings=settings)
+        else:
+            req = GenerationRequest.parse(**request, output=str(folder / VIDEO_NAME))
+            result = generate(request=req, hardware=hardware, on_progress=progress, cancel=cancel, cache=cache,
+                              settings=settings)
+    except Cancelled:
+        shutil.rmtree(folder, ignore_errors=True)
+        return Outcome("cancelled")
+    except LocalVideoError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        return Outcome("failed", error=JobError(error=e.code, message=e.message, hint=e.hint))
+    except Exception as e:  # torch errors and the like: a failed job with the reason, not a dead worker
+        log.exception("job in %s failed", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return Outcome("failed", error=JobError(error="generation_failed", message=f"Generation failed: {e}",
+                                                hint="See the server log for the traceback."))
+    size = result.path.stat().st_size
+    timings = {k: float(v) for k, v in result.timings.items()}
+    common = dict(bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
+                  duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=result.seed,
+                  has_thumbnail=False, timings=timings, warnings=list(result.warnings))
+    if kind == "story":
+        md = result.metadata
+        return Outcome("succeeded", result=JobResult(
+            **common, model=result.model, random_weights=result.random_weights, strategy=md.get("strategy") or "",
+            notes=[n for s in result.scenes for n in s.notes],
+            scenes=[{k: getattr(s, k) for k in ("index", "text", "seed", "frames", "kept", "start_frame",
+                                                "end_frame", "start_time_s", "transition", "task")}
+                    for s in result.scenes]))
+    return Outcome("succeeded", result=JobResult(
+        **common, model=result.plan.model, random_weights=result.plan.random_weights, strategy=result.plan.strategy,
+        notes=list(result.plan.notes)))
+
+
+class LocalExecutor:
+    """Jobs run in this process: one worker per GPU (or ``workers`` threads), the process-wide pipeline cache."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._service = None
+
+    def start(self, service) -> list[Slot]:
+        from ..hardware import Hardware
+
+        self._service = service
+        try:
+            hw = service.hardware()
+        except Exception:  # noqa: BLE001 - a probe failure must not leave the queue without workers
+            log.exception("hardware probe failed; starting one CPU worker")
+            hw = Hardware()
+        n = service._n_workers if service._n_workers is not None else max(1, len(hw.gpus))
+        slots = []
+        for i in range(n):
+            gpu = hw.gpus[i % len(hw.gpus)].index if hw.gpus else None
+            slots.append(Slot(f"worker-{i}", "cpu" if gpu is None else f"gpu:{gpu}", gpu))
+        return slots
+
+    def run(self, job: Job, folder: Path, slot: Slot, on_progress: ProgressFn, cancel: threading.Event) -> Outcome:
+        from ..generation import default_cache
+
+        svc = self._service
+        out = execute(job.kind, job.request, folder, hardware=svc.hardware_for(slot.gpu_index),
+                      on_progress=on_progress, cancel=cancel, cache=default_cache(svc.settings),
+                      settings=svc.settings)
+        out.ran_on = slot.name
+        return out
+
+    def stop(self) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"executor": self.name}
+
+
+def make_executor(settings) -> Executor:
+    """The executor the settings ask for (``LOCALVIDEO_EXECUTOR``: local | ray)."""
+    kind = getattr(settings, "executor", "local") or "local"
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor.from_settings(settings)
+    from ..errors import InvalidRequest
+
+    raise InvalidRequest(f"Unknown executor {kind!r}.", hint="Use local or ray.")

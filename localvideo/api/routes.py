@@ -24,11 +24,11 @@ UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds
 STORY = "/v1/jobs/story"
 
 
-def service(request: Request) -> JobService:
+async def service(request: Request) -> JobService:
     return request.app.state.service
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     token = request.app.state.token
     if token and not token_matches(request.headers.get("authorization"), token) and not _media_session(request, token):
         raise Unauthorized("A valid API token is required.", hint="Send the header Authorization: Bearer <token>.")
@@ -109,17 +109,17 @@ async def create_image_job(
 
 
 @router.get("/jobs", response_model=JobPageOut, tags=["jobs"], responses=COMMON)
-def list_jobs(svc: Svc, state: Annotated[list[JobState] | None, Query(description="Filter (repeatable)")] = None,
+async def list_jobs(svc: Svc, state: Annotated[list[JobState] | None, Query(description="Filter (repeatable)")] = None,
               limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
               offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> JobPageOut:
-    """Jobs, newest first."""
+    """Jobs, newest first. (Reads are async: one indexed SQLite query, no thread hop — what pollers hit.)"""
     page = svc.list(state, limit, offset)
     return JobPageOut(jobs=[JobOut.of(j) for j in page.jobs], total=page.total, limit=page.limit,
                       offset=page.offset, next_offset=page.next_offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=COMMON)
-def get_job(job_id: str, svc: Svc) -> JobOut:
+async def get_job(job_id: str, svc: Svc) -> JobOut:
     return JobOut.of(svc.get(job_id))
 
 

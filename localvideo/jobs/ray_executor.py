@@ -167,6 +167,41 @@ def _actor_class():
 
 # -- the head side ----------------------------------------------------------------------------------------------
 
+class _RayOwner(threading.Thread):
+    """Calls ``ray.init`` and stays alive until ``finish`` (then ``ray.shutdown``).
+
+    A local Ray instance's GCS and raylet are started with a parent-death signal tied to the *thread* that started
+    them (Linux ``PR_SET_PDEATHSIG``): ``ray.init`` from a short-lived thread (the service starts its executor in
+    one) gets the whole cluster killed when that thread ends. This thread lives as long as the executor."""
+
+    def __init__(self, kwargs: dict) -> None:
+        super().__init__(name="localvideo-ray-owner", daemon=True)
+        self.kwargs = kwargs
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import ray
+
+        try:
+            ray.init(**self.kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the starting thread
+            self.error = e
+            self.started.set()
+            return
+        self.started.set()
+        self._done.wait()
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001
+            log.exception("ray.shutdown failed")
+
+    def finish(self, timeout: float = 30.0) -> None:
+        self._done.set()
+        self.join(timeout)
+
+
 @dataclass
 class _ActorSlot:
     index: int
@@ -210,6 +245,7 @@ class RayExecutor:
         self._slots: list[_ActorSlot] = []
         self._cond = threading.Condition()
         self._owns_ray = False
+        self._owner: _RayOwner | None = None
         self._stopped = False
         self.history: collections.deque = collections.deque(maxlen=1000)  # routing log: tests, /v1/system
 
@@ -228,9 +264,11 @@ class RayExecutor:
             kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
             if self.address:
                 kwargs["address"] = self.address
-            try:
-                ray.init(**kwargs)
-            except Exception as e:
+            self._owner = _RayOwner(kwargs)
+            self._owner.start()
+            self._owner.started.wait()
+            if self._owner.error is not None:
+                e = self._owner.error
                 raise RayUnavailable(f"Could not connect to the Ray cluster at {self.address or '(local)'}: {e}",
                                      hint="Start it with `ray start --head` (see docs/cluster.md), or use "
                                           "--ray-address HOST:PORT.") from e
@@ -277,8 +315,8 @@ class RayExecutor:
                 ray.kill(s.handle)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
+        if self._owns_ray:
+            self._owner.finish()
             self._owns_ray = False
 
     # -- introspection (tests, /v1/system) --------------------------------------------------------------------

@@ -380,6 +380,12 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the web studio at / (behind a token login when a "
                                                        "token is set)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where jobs run: local (this process, default) "
+                                           "or ray (actors on a Ray cluster; see docs/cluster.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto, HOST:PORT or "
+                                              "ray://…; default: start Ray inside this server."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, help="Ray actors (default: one per GPU "
+                                             "in the cluster, else LOCALVIDEO_RAY_CPU_ACTORS CPU actors)."),
 ) -> None:
     """Run the job service, the REST API (/v1, docs at /docs) and the web studio (/) on one port."""
     from .api.auth import check_bind
@@ -387,8 +393,20 @@ def serve(
     try:
         check_bind(host, token)  # before anything listens
         from .api.app import create_app
+        from .settings import get_settings
 
-        api = create_app(host=host, token=token, cors_origins=cors_origin or None, ui=ui)
+        settings = get_settings()
+        overrides = {k: v for k, v in (("executor", executor), ("ray_address", ray_address),
+                                       ("ray_actors", ray_actors)) if v is not None}
+        if (ray_address or ray_actors) and (overrides.get("executor") or settings.executor) != "ray":
+            overrides["executor"] = "ray"  # --ray-address / --ray-actors only mean something with ray
+        if overrides:
+            from .errors import InvalidRequest
+
+            if overrides.get("executor") not in (None, "local", "ray"):
+                raise InvalidRequest(f"Unknown executor {executor!r}.", hint="Use --executor local or ray.")
+            settings = settings.model_copy(update=overrides)
+        api = create_app(settings, host=host, token=token, cors_origins=cors_origin or None, ui=ui)
     except LocalVideoError as e:
         _fail(e, False)
     import uvicorn

@@ -13,5 +13,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==${LOCALVIDEO_TORCH_VERSION:-2.13.0}"
 fi
 extras=""
-[ "${1:-}" = "test" ] && extras="[test]"
+[ "${1:-}" = "test" ] && extras="[test,cluster]"  # the tests also run the ray executor on a local Ray instance
 .venv/bin/pip install -q -e ".${extras}"

@@ -180,6 +180,12 @@ class Client:
         """Queue an image-to-video job: ``image`` (a path or bytes; PNG, JPEG or WebP) is the first frame."""
         return _job(self._req("POST", "/v1/jobs/image-to-video", **_image_request(image, last_image, prompt, fields)))
 
+    def submit_animation(self, image: str | os.PathLike | bytes, **fields: Any) -> Job:
+        """Queue a photo animation (no model weights): ``move``, ``width``, ``height``, ``fps``, ``duration_s`` or
+        ``num_frames``, ``parallax``, ``strength``, ``easing``, ``seed``."""
+        return _job(self._req("POST", "/v1/jobs/animate", files={"image": _file_part(image, "image")},
+                              data={"params": json.dumps({k: v for k, v in fields.items() if v is not None})}))
+
     def get(self, job_id: str) -> Job:
         return _job(self._req("GET", f"/v1/jobs/{job_id}"))
 
@@ -292,6 +298,10 @@ class AsyncClient:
                            last_image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
         return _job(await self._req("POST", "/v1/jobs/image-to-video",
                                     **_image_request(image, last_image, prompt, fields)))
+
+    async def submit_animation(self, image: str | os.PathLike | bytes, **fields: Any) -> Job:
+        return _job(await self._req("POST", "/v1/jobs/animate", files={"image": _file_part(image, "image")},
+                                    data={"params": json.dumps({k: v for k, v in fields.items() if v is not None})}))
 
     async def get(self, job_id: str) -> Job:
         return _job(await self._req("GET", f"/v1/jobs/{job_id}"))

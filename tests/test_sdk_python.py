@@ -105,3 +105,34 @@ def test_async_client(url, tmp_path):
                 await lv.get(queued.id)
 
     asyncio.run(main())
+
+
+def test_photo_animation_job_runs_streams_and_cancels(url, tmp_path):
+    from skimage import data as samples
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(samples.astronaut()).save(photo)
+    with Client(url) as lv:
+        job = lv.submit_animation(photo, move="zoom-in", width=192, height=192, num_frames=24, fps=12)
+        assert job.kind == "photo-animation" and job.request["image"] == "uploaded:image.jpg"
+        phases = []
+        final = lv.wait(job.id, on_progress=lambda j: phases.append(j.progress.phase if j.progress else None),
+                        timeout=120)
+        assert final.state == "succeeded" and "rendering" in phases
+        assert (final.result.frames, final.result.width, final.result.fps) == (24, 192, 12.0)
+        assert final.result.model == "photo-animation" and not final.result.random_weights
+        assert probe(lv.download(job.id, tmp_path / "moved.mp4")).frames == 24
+        long = lv.submit_animation(photo, move="orbit", width=512, height=512, num_frames=1200)
+        for j in lv.events(long.id, timeout=120):
+            if j.progress and j.progress.phase == "rendering":
+                break
+        lv.cancel(long.id)
+        end = lv.wait(long.id, timeout=60)
+        assert end.state == "cancelled" and end.progress.step < 1200
+        with pytest.raises(ApiError) as e:
+            lv.download(long.id, tmp_path / "nothing.mp4")
+        assert e.value.status in (404, 409) and not (tmp_path / "nothing.mp4").exists()
+        with pytest.raises(ApiError) as e:
+            lv.submit_animation(photo, duration_s=2, num_frames=10)
+        assert e.value.status == 422 and "not both" in e.value.message

@@ -309,3 +309,14 @@ def test_request_bodies_are_bounded(api):
 
     r = api.post("/v1/jobs", content=chunked(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+
+def test_photo_animation_upload_is_checked_the_same_way(api):
+    animate = "/v1/jobs/animate"
+    assert api.post(animate, files={"image": ("huge.png", bomb_png(), "image/png")}).status_code == 413
+    assert api.post(animate, files={"image": ("cat.png", b"plain text", "image/png")}).status_code == 415
+    assert api.post(animate, content=png_bytes(), headers={"Content-Type": "image/png"}).status_code == 415
+    big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (60 * 1024 * 1024)
+    assert api.post(animate, files={"image": ("big.png", big, "image/png")}).status_code == 413
+    r = api.post(animate, files={"image": ("a.png", png_bytes(), "image/png")}, data={"params": '{"image": "/etc/x"}'})
+    assert r.status_code == 422 and "not a known field" in r.json()["message"]

@@ -17,11 +17,13 @@ from ..jobs.service import MAX_PAGE, JobService
 from ..media.upload import check_image
 from ..request import _one_sentence as one_sentence
 from .auth import SESSION_COOKIE, Unauthorized, session_valid, token_matches
-from .schemas import ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, StoryCreate, SystemOut
+from .schemas import (AnimateCreate, ErrorBody, Health, JobCreate, JobOut, JobPageOut, ModelOut, StoryCreate,
+                      SystemOut)
 from .sse import job_events
 
 UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds its body separately)
 STORY = "/v1/jobs/story"
+ANIMATE = "/v1/jobs/animate"  # full path, multipart like UPLOAD_I2V
 
 
 async def service(request: Request) -> JobService:
@@ -106,6 +108,40 @@ async def create_image_job(
         raise InvalidRequest(one_sentence(e), hint="params takes the same fields as POST /v1/jobs.") from None
     job = await run_in_threadpool(lambda: svc.submit(uploads=uploads, **body.model_dump(exclude_unset=True)))
     return JobOut.of(job)
+
+
+@router.post(ANIMATE.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={400: E, 413: E, 415: E, 422: E})
+async def create_animation_job(
+    request: Request,
+    image: Annotated[UploadFile, File(description="The photo: PNG, JPEG or WebP (checked by content)")],
+    params: Annotated[str, Form(max_length=20000, description="AnimateCreate fields as a JSON object")] = "{}",
+) -> JobOut:
+    """Photo animation (kind `photo-animation`, no model weights): the upload is checked, stored by job id, and
+    the job queued. Progress phase `rendering`, step = frames written."""
+    svc: JobService = request.app.state.service
+    settings = svc.settings
+    data = await image.read(settings.api_max_upload_bytes + 1)
+    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
+                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
+    fields = _params(params)
+    try:
+        body = AnimateCreate.model_validate(fields)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise InvalidRequest(one_sentence(e), hint="See AnimateCreate in /openapi.json.") from None
+    job = await run_in_threadpool(lambda: svc.submit_animation(uploads={"image": checked},
+                                                               **body.model_dump(exclude_unset=True)))
+    return JobOut.of(job)
+
+
+def _params(params: str) -> dict:
+    try:
+        fields = json.loads(params)
+    except ValueError:
+        raise InvalidRequest("params must be a JSON object of job fields.") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("params must be a JSON object of job fields.")
+    return fields
 
 
 @router.get("/jobs", response_model=JobPageOut, tags=["jobs"], responses=COMMON)

@@ -43,6 +43,21 @@ StoryCreate = create_model(
 )
 
 
+def _animation_fields() -> dict[str, Any]:
+    from ..jobs.models import AnimationRequest
+
+    return {name: (f.annotation, f) for name, f in AnimationRequest.model_fields.items() if name != "image"}
+
+
+AnimateCreate = create_model(
+    "AnimateCreate",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "description": "Photo animation (no model weights): a camera move on the uploaded photo, framed on its "
+                       "subject, with 2.5D parallax when the subject separates cleanly."}),
+    **_animation_fields(),
+)
+
+
 class JobLinks(BaseModel):
     self: str
     events: str

@@ -93,6 +93,8 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
             result = make_story(story.source(), **story.options(), output=str(folder / VIDEO_NAME),
                                 hardware=hardware, on_progress=progress, cancel=cancel, cache=cache,
                                 settings=settings)
+        elif kind == "photo-animation":
+            result = _animate(request, folder, on_progress, cancel, settings)
         else:
             req = GenerationRequest.parse(**request, output=str(folder / VIDEO_NAME))
             result = generate(request=req, hardware=hardware, on_progress=progress, cancel=cancel, cache=cache,
@@ -110,6 +112,13 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
                                                 hint="See the server log for the traceback."))
     size = result.path.stat().st_size
     timings = {k: float(v) for k, v in result.timings.items()}
+    if kind == "photo-animation":
+        return Outcome("succeeded", result=JobResult(
+            bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
+            duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=int(request.get("seed", 0)),
+            model="photo-animation", random_weights=False, strategy=result.render_path, has_thumbnail=False,
+            timings=timings, notes=[f"move: {result.move}", f"path: {result.render_path}"],
+            warnings=list(result.warnings)))
     common = dict(bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
                   duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=result.seed,
                   has_thumbnail=False, timings=timings, warnings=list(result.warnings))
@@ -124,6 +133,33 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
     return Outcome("succeeded", result=JobResult(
         **common, model=result.plan.model, random_weights=result.plan.random_weights, strategy=result.plan.strategy,
         notes=list(result.plan.notes)))
+
+
+def _animate(request: dict, folder: Path, on_progress: ProgressFn, cancel, settings):
+    """A photo animation (no model weights). Cancel is checked at every frame; raising there makes the encoder
+    drop its temp file, so a cancelled animation writes nothing."""
+    import time
+
+    from ..motion.animator import animate
+    from .models import AnimationRequest
+
+    req = AnimationRequest(**request)
+    t0, last = time.perf_counter(), [0.0]
+
+    def frame_done(i: int, n: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Animation cancelled; no video was written.")
+        now = time.perf_counter() - t0
+        if i == n or now - last[0] >= 0.2:  # at most five progress writes a second
+            last[0] = now
+            on_progress(JobProgress(phase="rendering", step=i, total=n, elapsed_s=round(now, 3),
+                                    eta_s=round(now / i * (n - i), 3)))
+
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Animation cancelled before it started; no video was written.")
+    return animate(req.image, req.move, width=req.width, height=req.height, fps=req.fps, duration_s=req.duration_s,
+                   num_frames=req.num_frames, parallax=req.parallax, strength=req.strength, easing=req.easing,
+                   seed=req.seed, output=str(folder / VIDEO_NAME), on_progress=frame_done, settings=settings)
 
 
 class LocalExecutor:

@@ -17,13 +17,14 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import LocalVideoError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-JobKind = Literal["text-to-video", "image-to-video", "story"]
-Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "joining", "done"]  # joining: stories
+JobKind = Literal["text-to-video", "image-to-video", "story", "photo-animation"]
+# joining: stories; rendering: photo animations
+Phase = Literal["queued", "loading", "denoising", "decoding", "encoding", "joining", "rendering", "done"]
 
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
@@ -113,6 +114,33 @@ class Job(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+class AnimationRequest(BaseModel):
+    """A photo animation job (:func:`localvideo.motion.animator.animate`): no model weights, a camera move on the
+    uploaded photo with subject-aware framing and 2.5D parallax when the subject separates cleanly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = None  # set by the service (the stored upload), never by API clients
+    move: Literal["auto", "zoom-in", "zoom-out", "pan-left", "pan-right", "orbit", "dolly"] = "auto"
+    width: int | None = Field(default=None, ge=16, le=4096)
+    height: int | None = Field(default=None, ge=16, le=4096)
+    fps: float = Field(default=24.0, ge=1, le=120)
+    duration_s: float | None = Field(default=None, gt=0, le=150)
+    num_frames: int | None = Field(default=None, ge=2, le=3600)
+    parallax: bool | None = None  # None: when the subject mask is confident
+    strength: float = Field(default=1.0, ge=0.1, le=3.0)
+    easing: Literal["linear", "ease-in-out", "ease-in-out-cubic", "ease-out"] = "ease-in-out"
+    seed: int = Field(default=0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _length(self) -> "AnimationRequest":
+        if self.duration_s is not None and self.num_frames is not None:
+            raise ValueError("give duration_s or num_frames, not both")
+        if self.duration_s is not None and round(self.duration_s * self.fps) > 3600:
+            raise ValueError(f"{self.duration_s:g} s at {self.fps:g} fps is over 3600 frames")
+        return self
 
 
 class JobPage(BaseModel):

@@ -28,8 +28,8 @@ from ..hardware import Hardware
 from ..request import GenerationRequest
 from ..settings import Settings, get_settings
 from .events import EventHub, Subscription
-from .models import (RETRYABLE, STATES, THUMBNAIL_NAME, VIDEO_NAME, Job, JobConflict, JobError, JobNotFound, JobPage,
-                     JobProgress, JobResult, ServiceUnavailable, utcnow, valid_job_id)
+from .models import (RETRYABLE, STATES, THUMBNAIL_NAME, VIDEO_NAME, AnimationRequest, Job, JobConflict, JobError,
+                     JobNotFound, JobPage, JobProgress, JobResult, ServiceUnavailable, utcnow, valid_job_id)
 from .store import JobStore, SQLiteJobStore
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,44 @@ class JobService:
         stored = req.model_dump() | {"seed": sp.seed}  # pinned now, so a retry makes the same video
         job = self.store.insert(Job(id=uuid.uuid4().hex, kind="story", state="queued", request=stored,
                                     created_at=utcnow(), progress=JobProgress(phase="queued")))
+        self._publish(job)
+        with self._wake:
+            self._wake.notify_all()
+        return job
+
+    def submit_animation(self, request: dict | None = None, *, uploads: dict | None = None, **fields: Any) -> Job:
+        """Validate and queue a photo animation job (kind ``photo-animation``, no model weights; see
+        :class:`~localvideo.jobs.models.AnimationRequest`). ``uploads={"image": CheckedImage}``, or ``image`` a path."""
+        from pydantic import ValidationError
+
+        from ..request import _one_sentence
+        from ..runtime.conditioning import image_size
+
+        if self.stopping:
+            raise ServiceUnavailable("The job service is shutting down.", hint="Submit again after it restarts.")
+        data = {**(request or {}), **fields}
+        job_id = uuid.uuid4().hex
+        try:
+            upload = (uploads or {}).get("image")
+            if upload is not None:
+                folder = self.upload_dir(job_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"image{upload.extension}"
+                path.write_bytes(upload.data)
+                data["image"] = str(path)
+            if not data.get("image"):
+                raise InvalidRequest("A photo animation needs a photo.", hint="Upload one as `image`.")
+            try:
+                req = AnimationRequest(**data)
+            except ValidationError as e:
+                raise InvalidRequest(_one_sentence(e), hint="Check the value and try again.") from None
+            image_size(req.image)  # decodes the header: a file that is not an image is refused now
+        except BaseException:
+            shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
+            raise
+        job = self.store.insert(Job(id=job_id, kind="photo-animation", state="queued",
+                                    request=req.model_dump(mode="json"), created_at=utcnow(),
+                                    progress=JobProgress(phase="queued")))
         self._publish(job)
         with self._wake:
             self._wake.notify_all()

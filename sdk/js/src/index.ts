@@ -11,7 +11,7 @@
  */
 
 export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted";
-export type Phase = "queued" | "loading" | "denoising" | "decoding" | "encoding" | "done";
+export type Phase = "queued" | "loading" | "denoising" | "decoding" | "encoding" | "joining" | "rendering" | "done";
 export const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled", "interrupted"];
 
 export interface JobRequest {
@@ -27,6 +27,19 @@ export interface JobRequest {
   seed?: number | null;
   strategy?: "auto" | "resident" | "model_offload" | "group_offload" | "group_offload_leaf" | "sequential_offload";
   vae_tiling?: boolean | null;
+}
+
+export interface AnimationRequest {
+  move?: "auto" | "zoom-in" | "zoom-out" | "pan-left" | "pan-right" | "orbit" | "dolly";
+  width?: number;
+  height?: number;
+  fps?: number;
+  duration_s?: number;
+  num_frames?: number;
+  parallax?: boolean | null;
+  strength?: number;
+  easing?: "linear" | "ease-in-out" | "ease-in-out-cubic" | "ease-out";
+  seed?: number;
 }
 
 export interface JobProgress {
@@ -62,7 +75,7 @@ export interface JobErrorInfo {
 
 export interface Job {
   id: string;
-  kind: "text-to-video" | "image-to-video" | "story";
+  kind: "text-to-video" | "image-to-video" | "story" | "photo-animation";
   state: JobState;
   request: JobRequest & Record<string, unknown>;
   progress: JobProgress | null;
@@ -254,6 +267,29 @@ export class LocalVideoClient {
   async submit(request: JobRequest): Promise<Job> {
     const body = Object.fromEntries(Object.entries(request).filter(([, v]) => v !== undefined));
     return (await this.request("POST", "/v1/jobs", { body })).json() as Promise<Job>;
+  }
+
+  /** Queue a photo animation (no model weights): a camera move on `image`. */
+  async submitAnimation(image: Blob | Uint8Array, request: AnimationRequest = {}): Promise<Job> {
+    return this.multipart("/v1/jobs/animate", { image }, request);
+  }
+
+  private async multipart(path: string, files: Record<string, Blob | Uint8Array | undefined>,
+                          params: object): Promise<Job> {
+    const form = new FormData();
+    for (const [name, b] of Object.entries(files)) {
+      if (b !== undefined) form.append(name, b instanceof Blob ? b : new Blob([new Uint8Array(b)]), name);
+    }
+    form.append("params", JSON.stringify(Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined))));
+    let res: Response;
+    try {
+      res = await this.fetchImpl(this.baseUrl + path, { method: "POST", headers: this.headers(), body: form });
+    } catch (e) {
+      throw new ApiError(0, "unreachable", `Could not reach the localvideo server at ${this.baseUrl}: ${e}`,
+                         "Start it with `localvideo serve`.");
+    }
+    if (!res.ok) throw await errorFrom(res);
+    return res.json() as Promise<Job>;
   }
 
   /** Queue an image-to-video job: `image` (PNG, JPEG or WebP bytes; checked by content on the server) is the

@@ -68,6 +68,12 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   await assert.rejects(lv.submitImage(new TextEncoder().encode("plain text"), { prompt: "x", model: "tiny-wan" }),
                        (e) => e instanceof ApiError && e.status === 415);
 
+  const anim = await lv.submitAnimation(thumb, { move: "zoom-in", width: 128, height: 128, num_frames: 12 });
+  assert.equal(anim.kind, "photo-animation");
+  const animDone = await lv.wait(anim.id, { timeoutMs: 120_000 });
+  assert.equal(animDone.state, "succeeded");
+  assert.equal(animDone.result.frames, 12);
+
   await lv.delete(job.id);
   await assert.rejects(lv.get(job.id), (e) => e instanceof ApiError && e.status === 404 && e.code === "not_found");
 });

@@ -128,5 +128,6 @@ class SystemOut(BaseModel):
     hardware: dict[str, Any]
     workers: list[dict[str, Any]]
     queue: dict[str, int]
+    executor: dict[str, Any] = {}  # local | ray (address, actors and their state, start error); docs/cluster.md
     auth_required: bool
     cors_origins: list[str]

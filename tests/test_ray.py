@@ -70,6 +70,19 @@ def stats(ex):
     return {s["label"]: s for s in ex.actor_stats()}
 
 
+def test_settings_choose_the_executor(lv_home, tmp_path):
+    s = Settings(home=lv_home, jobs_db_path=tmp_path / "a.db", executor="ray", ray_address="auto", ray_actors=3,
+                 ray_max_retries=4, shared_dir=tmp_path / "shared")
+    svc = JobService(s, hardware=CPU)  # not started: nothing connects yet
+    ex = svc.executor
+    assert isinstance(ex, RayExecutor) and (ex.address, ex.n_actors, ex.max_retries) == ("auto", 3, 4)
+    assert ex.shared_dir == tmp_path / "shared"
+    svc.store.close()
+    local = JobService(Settings(home=lv_home, jobs_db_path=tmp_path / "b.db"), hardware=CPU)
+    assert local.executor.name == "local"
+    local.store.close()
+
+
 def test_jobs_spread_over_actors_and_follow_their_model(cluster):
     svc, ex = cluster
     a = svc.submit(prompt="a red fox in snow", model="tiny-wan", seed=1, **FAST)

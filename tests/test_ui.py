@@ -245,8 +245,29 @@ def test_image_to_video_tab(page, tmp_path):
     assert last["state"] == "succeeded", last
     v = video_ready(page, "#i2v-result video")
     assert v["src"].endswith(f"/v1/jobs/{last['job']}/video")
-    assert "animate" in page.inner_text("#i2v-animate-note")  # the missing photo-animation kind says why
+    assert "Photo animation" in page.inner_text("#i2v-animate-note")
     shot(page, "image-to-video")
+    JOBS["photo"] = str(photo)
+
+
+def test_photo_animation_tab(page, api):
+    tab(page, "animate")
+    page.set_input_files("#animate-image input[type=file]", JOBS["photo"])
+    page.wait_for_selector("#animate-image img")
+    pick(page, "animate-move", "zoom-in")
+    set_number(page, "#animate-duration input[type=number]", 2)
+    set_number(page, "#animate-fps input[type=number]", 12)
+    set_number(page, "#animate-width input", 160)
+    set_number(page, "#animate-height input", 96)
+    page.click("#animate-generate")
+    samples = watch(page, "animate", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
+    assert samples[-1]["state"] == "succeeded", samples[-1]
+    v = video_ready(page, "#animate-result video")
+    assert abs(v["duration"] - 2.0) < 0.2, v
+    job = api.get(f"/v1/jobs/{samples[-1]['job']}").json()
+    assert job["kind"] == "photo-animation" and job["request"]["move"] == "zoom-in"
+    assert (job["result"]["width"], job["result"]["height"], job["result"]["frames"]) == (160, 96, 24)
+    shot(page, "photo-animation")
 
 
 def test_story_tab_shows_progress_per_scene(page, api):

@@ -50,6 +50,8 @@ STEP_CACHES = [("none (default)", "none"), ("First-block cache (fbc)", "fbc"), (
 TILING = [("auto (the planner decides)", "auto"), ("on", "on"), ("off", "off")]
 CONTINUITY = [("auto (i2v models)", "auto"), ("on", "on"), ("off (hard cuts)", "off")]
 CUSTOM = "custom"
+MOVES = ["auto", "zoom-in", "zoom-out", "pan-left", "pan-right", "orbit", "dolly"]
+PARALLAX = [("auto (when the subject separates cleanly)", "auto"), ("on", "on"), ("off", "off")]
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
                        font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
@@ -122,7 +124,8 @@ class _Panel:
 
 
 def build_ui(service, settings: Settings | None = None, *, auth_required: bool = False) -> gr.Blocks:
-    """The studio for one job service. Tabs: Create, Image → Video, Story, Queue & History, Models, System."""
+    """The studio for one job service. Tabs: Create, Image → Video, Photo animation, Story, Queue & History, Models,
+    System."""
     settings = settings or service.settings
     pulls = Pulls(settings)
 
@@ -259,15 +262,43 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                         gr.Markdown("The size follows the photo's aspect ratio at the model's usual area (the "
                                     "photo is centre-cropped and resized; the job's notes say how).",
                                     elem_classes="lv-sub")
-                        gr.Markdown("Photo animation without a model (camera moves, 2.5D parallax) is "
-                                    "`localvideo animate` on the command line for now: the job service has no "
-                                    "animate job kind yet, so this page does not offer it.",
+                        gr.Markdown("No model installed? The **Photo animation** tab moves a camera over a photo "
+                                    "(2.5D parallax) without any model weights.",
                                     elem_classes="lv-sub", elem_id="i2v-animate-note")
                     with gr.Column(scale=2):
                         with gr.Row():
                             i_go = gr.Button("Generate from image", variant="primary", elem_id="i2v-generate")
                             i_cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="i2v-cancel")
                         i_panel = _Panel("i2v")
+
+            # ============================================ Photo animation =============================================
+            with gr.Tab("Photo animation", id="animate", elem_id="tab-animate"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        a_image = gr.Image(label="Photo (PNG, JPEG or WebP)", type="filepath",
+                                           sources=["upload", "clipboard"], elem_id="animate-image", height=260)
+                        gr.Markdown("No model weights: a camera move over the photo, framed on its subject, with "
+                                    "2.5D parallax when the subject separates cleanly from the background.",
+                                    elem_classes="lv-sub")
+                        with gr.Row():
+                            a_move = gr.Dropdown(MOVES, value="auto", label="Camera move", elem_id="animate-move")
+                            a_parallax = gr.Dropdown(PARALLAX, value="auto", label="Parallax")
+                        with gr.Row():
+                            a_duration = gr.Slider(0.5, 12, value=4, step=0.5, label="Duration (seconds)",
+                                                   elem_id="animate-duration")
+                            a_fps = gr.Slider(8, 60, value=24, step=1, label="Frames per second", elem_id="animate-fps")
+                            a_strength = gr.Slider(0.1, 3, value=1, step=0.1, label="Strength (zoom and travel)")
+                        with gr.Row():
+                            a_width = gr.Number(label="Width (0: the photo's aspect, 768 long)", value=0, precision=0,
+                                                minimum=0, elem_id="animate-width")
+                            a_height = gr.Number(label="Height (0: from the photo)", value=0, precision=0, minimum=0,
+                                                 elem_id="animate-height")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            a_go = gr.Button("Animate the photo", variant="primary", elem_id="animate-generate")
+                            a_cancel = gr.Button("Cancel", variant="stop", interactive=False,
+                                                 elem_id="animate-cancel")
+                        a_panel = _Panel("animate")
 
             # ================================================ Story ===================================================
             with gr.Tab("Story", id="story", elem_id="tab-story"):
@@ -458,6 +489,31 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                            show_progress="hidden")
         i_cancel.click(cancel, i_panel.job, i_cancel)
 
+        # ============================================ wiring: Photo animation =======================================
+        def submit_animation(image, move, parallax, duration, fps, strength, width, height):
+            from ..errors import InvalidRequest
+            from ..media.upload import check_image
+
+            try:
+                if not image:
+                    raise InvalidRequest("Upload a photo to animate.", hint="Drop a PNG, JPEG or WebP on the box.")
+                upload = check_image(Path(image).read_bytes(), max_bytes=settings.api_max_upload_bytes,
+                                     max_pixels=settings.api_max_upload_pixels)
+                job = service.submit_animation(uploads={"image": upload}, move=move,
+                                               parallax={"on": True, "off": False}.get(parallax),
+                                               duration_s=float(duration), fps=float(fps), strength=float(strength),
+                                               width=int(width) or None, height=int(height) or None)
+            except Exception as e:  # noqa: BLE001
+                return refused(e)
+            return started(job)
+
+        a_go.click(submit_animation, [a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height],
+                   panel_out(a_panel, a_cancel))
+        a_panel.timer.tick(poll, [a_panel.job, a_panel.shown],
+                           [a_panel.progress, a_panel.result, a_cancel, a_panel.shown, a_panel.timer],
+                           show_progress="hidden")
+        a_cancel.click(cancel, a_panel.job, a_cancel)
+
         # ================================================ wiring: Story =============================================
         def on_story_model(model_id):
             spec = get_model(model_id)
@@ -563,13 +619,24 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         refill_out = [tabs, c_model, c_prompt, c_negative, c_duration, c_preset, c_width, c_height, c_steps,
                       c_guidance, c_seed_mode, c_seed, c_strategy, c_quant, c_cache, c_tiling, c_model_info,
                       i_model, i_prompt, i_negative, i_duration, i_steps, i_guidance, i_seed_mode, i_seed, i_image,
-                      s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps, s_seed_mode, s_seed]
+                      s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps, s_seed_mode, s_seed,
+                      a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height]
 
         def refill(job_id):
             """"Use these settings": the job's request back into its tab (seed fixed), and that tab selected."""
             out: dict = {}
             try:
                 job = service.get(job_id or "")
+                if job.kind == "photo-animation":
+                    r, image = job.request, job.request.get("image")
+                    frames = r.get("num_frames")
+                    out = {tabs: gr.update(selected="animate"), a_move: r.get("move", "auto"),
+                           a_parallax: {True: "on", False: "off"}.get(r.get("parallax"), "auto"),
+                           a_duration: r.get("duration_s") or (frames / r.get("fps", 24) if frames else 4),
+                           a_fps: r.get("fps", 24), a_strength: r.get("strength", 1.0), a_width: r.get("width") or 0,
+                           a_height: r.get("height") or 0,
+                           a_image: image if image and Path(image).is_file() else gr.skip()}
+                    return [out.get(c, gr.skip()) for c in refill_out]
                 spec = get_model(job.request.get("model", ""))
             except LocalVideoError as e:
                 gr.Warning(str(e))

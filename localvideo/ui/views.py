@@ -12,11 +12,13 @@ from ..catalog import ModelSpec
 from ..planner import snap_frames, snap_size
 
 PHASE_TEXT = {"queued": "Waiting in the queue", "loading": "Loading the model", "denoising": "Denoising",
-              "decoding": "Decoding frames (VAE)", "encoding": "Encoding the MP4", "joining": "Joining scenes",
+              "decoding": "Decoding frames (VAE)", "encoding": "Encoding the MP4", "joining": "Joining scenes", "rendering": "Rendering frames",
               "done": "Finishing"}
 STATE_TEXT = {"queued": "queued", "running": "running", "succeeded": "done", "failed": "failed",
               "cancelled": "cancelled", "interrupted": "interrupted"}
-KIND_TEXT = {"text-to-video": "text → video", "image-to-video": "image → video", "story": "story"}
+KIND_TEXT = {"text-to-video": "text → video", "image-to-video": "image → video", "story": "story",
+             "photo-animation": "photo animation"}
+STEPPED = ("denoising", "rendering")  # phases with a step count: a determinate bar
 
 e = html.escape
 
@@ -90,10 +92,10 @@ def progress_html(job, error: str | None = None) -> str:
         what = PHASE_TEXT.get(p.phase, p.phase)
         if p.scenes:
             what = f"Scene {p.scene} of {p.scenes} · {what}"
-            rows.append(_bar((p.scene or 1) - 1 + (step / total if total and p.phase == "denoising" else 0),
+            rows.append(_bar((p.scene or 1) - 1 + (step / total if total and p.phase in STEPPED else 0),
                              p.scenes, "scenes", "lv-scenes"))
-        if p.phase == "denoising" and total:
-            what += f" · step {step} of {total}"
+        if p.phase in STEPPED and total:
+            what += f" · {'frame' if p.phase == 'rendering' else 'step'} {step} of {total}"
             rows.append(_bar(step, total, "steps"))
         elif p.phase == "queued":
             rows.append('<div class="lv-bar"><progress class="lv-progress" aria-label="waiting"></progress></div>')
@@ -101,7 +103,7 @@ def progress_html(job, error: str | None = None) -> str:
             rows.append('<div class="lv-bar"><progress class="lv-progress" aria-label="working"></progress></div>')
         if job.cancel_requested:
             what += " · cancelling…"
-        eta = f" · about {fmt_seconds(p.eta_s)} left" if p.eta_s is not None and p.phase == "denoising" else ""
+        eta = f" · about {fmt_seconds(p.eta_s)} left" if p.eta_s is not None and p.phase in STEPPED else ""
         rows.insert(0, f'<div class="lv-phase">{e(what)}</div>')
         rows.append(f'<div class="lv-times">elapsed {fmt_seconds(p.elapsed_s)}{eta}</div>')
     elif state == "succeeded":
@@ -143,6 +145,8 @@ def _prompt_of(job) -> str:
     req = job.request
     if job.kind == "story":
         return req.get("script", "")
+    if job.kind == "photo-animation":
+        return f"camera move: {req.get('move', 'auto')}"
     return req.get("prompt", "")
 
 
@@ -160,7 +164,7 @@ def history_html(jobs: list, total: int, selected: str | None = None) -> str:
             img = f'<div class="lv-thumb lv-nothumb">{e(STATE_TEXT[j.state])}</div>'
         p = j.progress
         if j.state == "running" and p is not None:
-            extra = PHASE_TEXT.get(p.phase, p.phase) + (f" {p.step}/{p.total}" if p.phase == "denoising" else "")
+            extra = PHASE_TEXT.get(p.phase, p.phase) + (f" {p.step}/{p.total}" if p.phase in STEPPED else "")
         elif j.error is not None and j.state != "succeeded":
             extra = j.error.message
         else:

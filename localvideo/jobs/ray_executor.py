@@ -97,9 +97,12 @@ class JobActor:
         return [k[0] if isinstance(k, tuple) else str(k) for k in self.cache.keys()]
 
     def stats(self) -> dict:
+        import torch
+
         s = self.cache.stats
         return {"label": self.label, "pid": os.getpid(), "models": self.cache_models(), "loads": s.loads,
-                "hits": s.hits, "evictions": s.evictions, "jobs_run": self.jobs_run}
+                "hits": s.hits, "evictions": s.evictions, "jobs_run": self.jobs_run,
+                "torch_threads": torch.get_num_threads()}
 
     def run(self, job_id: str, kind: str, request: dict, folder: str | None) -> Outcome:
         from ..hardware import probe
@@ -247,7 +250,7 @@ class RayExecutor:
         self._owns_ray = False
         self._owner: _RayOwner | None = None
         self._stopped = False
-        self.history: collections.deque = collections.deque(maxlen=1000)  # routing log: tests, /v1/system
+        self.history: collections.deque = collections.deque(maxlen=1000)  # routing log (job, actor, outcome)
 
     @classmethod
     def from_settings(cls, settings) -> "RayExecutor":

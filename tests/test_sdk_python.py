@@ -68,7 +68,7 @@ def test_sync_cancel_retry_and_errors(url):
         lv.cancel(job.id)
         assert lv.wait(job.id, timeout=60).state == "cancelled"
         with pytest.raises(ApiError) as e:
-            lv.submit("x", model="wan2.1-t2v-1.3b")
+            lv.submit("x", model="wan2.1-t2v-1.3b", width=256, height=256, num_frames=17)
         assert e.value.status == 409 and "localvideo models pull" in e.value.hint
         with pytest.raises(ApiError) as e:
             lv.submit("x", model="tiny-wan", steps=-1)

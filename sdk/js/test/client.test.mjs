@@ -94,7 +94,7 @@ test("cancel a running job, retry, typed errors", opts, async () => {
   await lv.cancel(job.id);
   assert.equal((await lv.wait(job.id, { timeoutMs: 60_000 })).state, "cancelled");
 
-  await assert.rejects(lv.submit({ prompt: "x", model: "wan2.1-t2v-1.3b" }),
+  await assert.rejects(lv.submit({ prompt: "x", model: "wan2.1-t2v-1.3b", width: 256, height: 256, num_frames: 17 }),
                        (e) => e instanceof ApiError && e.status === 409 && e.hint.includes("localvideo models pull"));
   await assert.rejects(lv.submit({ prompt: "x", model: "no-such-model" }),
                        (e) => e instanceof ApiError && e.status === 422 && e.code === "unknown_model");

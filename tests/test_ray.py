@@ -8,6 +8,8 @@ and the same frames as the local executor for the same seed.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -160,10 +162,13 @@ def test_retries_run_out_and_the_job_fails_with_the_reason(cluster):
     svc, ex = cluster
     wait_actors_idle(ex)
     job = svc.submit(prompt="an unlucky kite", seed=9, **SLOW)
-    for _ in range(2):  # max_retries=1: the first death is retried, the second is final
+    for how in ("ray.kill", "SIGKILL"):  # max_retries=1: the first death is retried, the second is final
         denoising(svc, job.id, timeout=180)
-        victim = ex.handle_running(job.id)
-        ray.kill(victim)
+        if how == "ray.kill":
+            ray.kill(ex.handle_running(job.id))
+        else:  # the process dies under Ray's feet, as in an out-of-memory kill
+            pid = next(a["pid"] for a in ex.actors() if a["job_id"] == job.id and a["state"] == "busy")
+            os.kill(pid, signal.SIGKILL)
         wait(svc, job.id, lambda j: j.terminal or j.progress.phase != "denoising")
     end = done(svc, job.id)
     assert end.state == "failed" and end.error.error == "worker_lost"

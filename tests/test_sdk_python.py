@@ -23,7 +23,7 @@ def test_sync_submit_wait_download(url, tmp_path):
     with Client(url) as lv:
         assert lv.health()["status"] == "ok"
         job = lv.submit("a kite over a beach", seed=9, **FAST)
-        assert job.state == "queued" and job.request["seed"] == 9
+        assert job.state in ("queued", "running") and job.request["seed"] == 9  # a free worker may start it at once
         seen = []
         final = lv.wait(job.id, on_progress=seen.append, timeout=120)
         assert final.state == "succeeded" and final.result.frames == 9
@@ -64,7 +64,7 @@ def test_sync_cancel_retry_and_errors(url):
         with pytest.raises(JobFailed) as failed:
             lv.wait(job.id, raise_on_failure=True, timeout=10)
         assert failed.value.job.state == "cancelled"
-        assert lv.retry(job.id).state == "queued"
+        assert lv.retry(job.id).state in ("queued", "running")
         lv.cancel(job.id)
         assert lv.wait(job.id, timeout=60).state == "cancelled"
         with pytest.raises(ApiError) as e:

@@ -77,14 +77,19 @@ class PipelineCache:
         self._items.pop(key, None)
         self.stats.evictions += 1
         log.info("evicted %s from the pipeline cache", key)
-        gc.collect()
-        try:
-            import torch
+        free_memory()
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+
+def free_memory() -> None:
+    """Collect garbage and hand cached accelerator memory back (after an eviction or an OOM)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 def _same_model(a: Hashable, b: Hashable) -> bool:

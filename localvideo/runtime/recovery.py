@@ -16,7 +16,6 @@ to disk before decoding; when decoding fails for good, the error names ``localvi
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from ..planner import CPU_STRATEGIES, GPU_STRATEGIES, Plan, replan, snap_size
 from . import latents as latents_io
 from . import runner
 from .cache import PipelineCache
+from .cache import free_memory as release
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,11 @@ def _oom_type():
 
 
 def free_memory(cache: PipelineCache | None = None, key=None) -> None:
+    """Drop the pipeline that ran out of memory (if any), then free what torch holds."""
     if cache is not None and key is not None and key in cache:
-        cache.evict(key)
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+        cache.evict(key)  # frees memory itself
+    else:
+        release()
 
 
 def next_rung(plan: Plan, spec: ModelSpec, phase: str) -> Plan | None:

@@ -49,7 +49,7 @@ def run(model: str = "tiny-wan", steps: int = 4, frames: int = 17, size: int = 1
 
         raw = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
         raw.set_progress_bar_config(disable=True)
-        kwargs = runner.call_kwargs(raw, p)
+        kwargs = runner.call_kwargs(raw, p) | {"output_type": "np"}  # raw diffusers decodes inside pipe(...)
 
         def raw_call():
             with torch.inference_mode():

@@ -127,8 +127,8 @@ def test_create_shows_progress_advancing_then_plays_the_video(page, api):
     page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('16 fps')")
     assert "RANDOM WEIGHTS" in page.inner_text("#create-model-info").upper()
     page.fill("#create-prompt textarea", "a lighthouse in a storm at night")
-    set_number(page, "#create-steps input[type=number]", 24)
-    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('24 steps')")
+    set_number(page, "#create-steps input[type=number]", 100)
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('100 steps')")
     page.click("#create-generate")
     samples = watch(page, "create", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
     assert samples[-1]["state"] == "succeeded", samples[-1]
@@ -146,7 +146,7 @@ def test_create_shows_progress_advancing_then_plays_the_video(page, api):
     href = page.get_attribute("#create-result a.lv-download", "href")
     assert href == f"/v1/jobs/{job_id}/video"
     job = api.get(f"/v1/jobs/{job_id}").json()  # the UI's job is the API's job
-    assert job["state"] == "succeeded" and job["request"]["steps"] == 24 and job["request"]["model"] == "tiny-wan"
+    assert job["state"] == "succeeded" and job["request"]["steps"] == 100 and job["request"]["model"] == "tiny-wan"
     shot(page, "create-done")
 
 
@@ -171,7 +171,7 @@ def test_history_lists_the_job_and_refills_create(page, api):
     page.wait_for_selector("#tab-create", state="visible")
     page.wait_for_function("() => document.querySelector('#create-prompt textarea').value.includes('lighthouse')")
     assert page.input_value("#create-prompt textarea") == "a lighthouse in a storm at night"
-    assert page.input_value("#create-steps input[type=number]") == "24"
+    assert page.input_value("#create-steps input[type=number]") == "100"
     assert page.is_checked("#create-seed-mode input[value=fixed]")
     assert page.input_value("#create-seed input") == str(job["request"]["seed"])
 

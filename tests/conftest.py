@@ -32,6 +32,23 @@ def _isolated_home(lv_home, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def server():
+    """The session's shared live `localvideo serve` (tests/_live.py), started on first use."""
+    from _live import shared_server
+
+    return shared_server()
+
+
+@pytest.fixture()
+def api(server):
+    """An httpx client on ``server`` (a module may override either fixture, e.g. with its own server)."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=30, headers=server.headers) as c:
+        yield c
+
+
 def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300):
     """Run the real `localvideo` console entry point in a subprocess."""
     import subprocess

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
-import pytest
-
-from _live import shared_server, sse_jobs, wait_state
+from _live import sse_jobs, wait_state
 from localvideo.media.probe import probe, read_frames
 
 FAST = {"model": "tiny-wan", "steps": 2, "width": 128, "height": 128, "num_frames": 9, "seed": 3}
 SLOW = {"model": "tiny-wan", "steps": 40, "width": 128, "height": 128, "num_frames": 33}
 PHASES = ["queued", "loading", "denoising", "decoding", "encoding", "done"]
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def api(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def test_health_models_system_and_openapi(api):

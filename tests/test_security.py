@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from _live import ROOT, free_port, shared_server
+from _live import ROOT, free_port
 from localvideo.api.app import create_app
 from localvideo.api.auth import check_bind, is_loopback, token_matches
 from localvideo.errors import InvalidRequest
@@ -26,13 +26,9 @@ from localvideo.settings import Settings
 I2V = "/v1/jobs/image-to-video"
 
 
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
 @pytest.fixture()
 def api(server):
+    """The shared live server (conftest's ``server``), with a longer client timeout than conftest's ``api``."""
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 

@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
-import pytest
-
-from _live import shared_server, sse_jobs, wait_state
+from _live import sse_jobs, wait_state
 from localvideo.media.probe import probe
 
 SCRIPT = "[0.5s] wide shot: a lighthouse on a cliff\n[0.5s] close-up: its lamp turns\n[cut] [0.5s] waves below\n"
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def api(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def test_story_job_streams_scene_progress_and_serves_one_mp4(api, server, tmp_path):

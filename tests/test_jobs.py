@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import queue
 import sqlite3
-import time
 
 import pytest
 
+from _helpers import wait_for
 from localvideo.errors import DoesNotFit, InvalidRequest, ModelNotInstalled, UnknownModel
 from localvideo.hardware import Hardware
 from localvideo.jobs import JobConflict, JobNotFound, JobService
@@ -38,16 +38,6 @@ def _new(store: SQLiteJobStore, **kw) -> Job:
     import uuid
 
     return store.insert(Job(id=uuid.uuid4().hex, state="queued", request={"prompt": "x", **kw}, created_at=utcnow()))
-
-
-def wait_for(svc: JobService, job_id: str, pred, timeout: float = 120) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = svc.get(job_id)
-        if pred(job):
-            return job
-        time.sleep(0.02)
-    raise TimeoutError(svc.get(job_id))
 
 
 # -- store ------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray executor tests need `pip install -e '.[test,cluster]'`")
 
+from _helpers import wait_for  # noqa: E402
 from localvideo.hardware import Hardware  # noqa: E402
 from localvideo.jobs import JobService  # noqa: E402
 from localvideo.jobs.ray_executor import RayExecutor  # noqa: E402
@@ -45,23 +46,13 @@ def cluster(lv_home, tmp_path_factory):
     ray.shutdown()
 
 
-def wait(svc, job_id, pred, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = svc.get(job_id)
-        if pred(job):
-            return job
-        time.sleep(0.02)
-    raise TimeoutError(svc.get(job_id))
-
-
 def done(svc, job_id, timeout=120.0):
-    return wait(svc, job_id, lambda j: j.terminal, timeout)
+    return wait_for(svc, job_id, lambda j: j.terminal, timeout)
 
 
 def denoising(svc, job_id, timeout=120.0):
-    return wait(svc, job_id, lambda j: j.state == "running" and j.progress is not None
-                and j.progress.phase == "denoising" and j.progress.step >= 1, timeout)
+    return wait_for(svc, job_id, lambda j: j.state == "running" and j.progress is not None
+                    and j.progress.phase == "denoising" and j.progress.step >= 1, timeout)
 
 
 def routed(ex, job_id):
@@ -169,7 +160,7 @@ def test_retries_run_out_and_the_job_fails_with_the_reason(cluster):
         else:  # the process dies under Ray's feet, as in an out-of-memory kill
             pid = next(a["pid"] for a in ex.actors() if a["job_id"] == job.id and a["state"] == "busy")
             os.kill(pid, signal.SIGKILL)
-        wait(svc, job.id, lambda j: j.terminal or j.progress.phase != "denoising")
+        wait_for(svc, job.id, lambda j: j.terminal or j.progress.phase != "denoising")
     end = done(svc, job.id)
     assert end.state == "failed" and end.error.error == "worker_lost"
     assert "died 2 time(s)" in end.error.message and "gave up after 1 retry" in end.error.message

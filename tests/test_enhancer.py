@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from _helpers import teach_tiny_lm
 from localvideo.errors import Cancelled, DoesNotFit, InvalidRequest, ModelNotInstalled, UnknownModel
 from localvideo.hardware import Hardware
 from localvideo.prompts import engine, enhancer
@@ -128,29 +129,9 @@ def test_stop_set_before_start_loads_nothing():
 def test_a_tiny_lm_that_learned_an_answer_is_used_verbatim(tmp_path):
     """The success path end to end: teach the tiny LM one good answer (a few seconds of training), save it as a
     local model folder, and enhance through it: the validated LLM text is used, with source "llm"."""
-    import torch
-
-    tok, model = enhancer.make_tiny_lm(hidden_size=64, intermediate_size=128)
-    text = tok.apply_chat_template(enhancer.build_messages(FOX, "wan"), tokenize=False, add_generation_prompt=True)
-    prompt_ids = tok(text, add_special_tokens=False).input_ids
+    tok, folder = teach_tiny_lm(enhancer.build_messages(FOX, "wan"), ANSWER, tmp_path / "fox-lm", max_steps=200)
     answer_ids = tok(ANSWER, add_special_tokens=False).input_ids + [tok.eos_token_id]
     assert tok.decode(answer_ids, skip_special_tokens=True) == ANSWER
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for _ in range(200):
-            loss = model(input_ids=ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if loss.item() < 0.005:
-                break
-    model.eval()
-    folder = enhancer.save_lm(tok, model, tmp_path / "fox-lm")
 
     streamed: list[str] = []
     r = enhancer.enhance(FOX, "wan", model=str(folder), stream=streamed.append, hardware=BIG)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _helpers import teach_tiny_lm
 from conftest import run_cli
 from localvideo.errors import Cancelled, InvalidRequest
 from localvideo.hardware import Hardware
 from localvideo.media.concat import Piece, blend, join
 from localvideo.media.encode import encode_video
 from localvideo.media.probe import probe, read_frames
-from localvideo.prompts import enhancer
 from localvideo.prompts.scenes import (Scene, parse_script, scenes_to_script, sentence_scenes,
                                        shot_list_from_paragraph, split_sentences, validate_shot_list)
 from localvideo.runtime.cache import PipelineCache
@@ -189,31 +189,10 @@ def test_tiny_random_lm_shot_list_falls_back_with_the_reason(one_thread):
 
 def test_a_tiny_lm_that_learned_a_shot_list_is_used(tmp_path, one_thread):
     """The LLM path end to end: teach the tiny LM one good shot list, then ask it for this paragraph."""
-    import torch
-
-    tok, model = enhancer.make_tiny_lm(hidden_size=64, intermediate_size=128)
     from localvideo.prompts.scenes import build_shot_list_messages
 
-    text = tok.apply_chat_template(build_shot_list_messages(PARAGRAPH, 8), tokenize=False,
-                                   add_generation_prompt=True)
-    prompt_ids = tok(text, add_special_tokens=False).input_ids
-    answer_ids = tok(GOOD_LIST, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for _ in range(300):
-            loss = model(input_ids=ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if loss.item() < 0.005:
-                break
-    model.eval()
-    folder = enhancer.save_lm(tok, model, tmp_path / "director-lm")
+    _, folder = teach_tiny_lm(build_shot_list_messages(PARAGRAPH, 8), GOOD_LIST, tmp_path / "director-lm",
+                              max_steps=300)
     sl = shot_list_from_paragraph(PARAGRAPH, str(folder), hardware=BIG)
     assert sl.source == "llm", sl.reason_if_fallback
     assert sl.raw_output.strip() == GOOD_LIST.replace("\n", " ") and [s.duration_s for s in sl.scenes] == [3.0, 2.0, 3.0]

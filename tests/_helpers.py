@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -15,6 +16,20 @@ def wait_for(svc, job_id: str, pred, timeout: float = 120.0):
             return job
         time.sleep(0.02)
     raise TimeoutError(svc.get(job_id))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``torch.set_num_threads(n)`` for the block, then back to what it was. Tiny models on a shared 2-core box:
+    more threads only fight each other (20x slower training)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def teach_tiny_lm(messages: list[dict], answer: str, folder: Path, max_steps: int):

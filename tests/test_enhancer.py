@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _helpers import teach_tiny_lm
+from _helpers import teach_tiny_lm, torch_threads
 from localvideo.errors import Cancelled, DoesNotFit, InvalidRequest, ModelNotInstalled, UnknownModel
 from localvideo.hardware import Hardware
 from localvideo.prompts import engine, enhancer
@@ -29,13 +29,9 @@ ANSWER = ("A red fox trots across fresh snow at dawn, its thick orange coat brig
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models on a shared 2-core box: more threads only fight each other (20x slower training)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One torch thread for the module (see _helpers.torch_threads)."""
+    with torch_threads(1):
+        yield
 
 
 def _no_enhancer_thread_alive() -> bool:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 import localvideo
+from _helpers import torch_threads
 from localvideo.generation import prepare
 from localvideo.hardware import Hardware
 from localvideo.prompts import expand, prepare_prompt
@@ -59,15 +60,9 @@ def test_metadata_records_original_expanded_source_and_hints(tmp_path, cache):
 
 
 def test_enhancer_fallback_is_recorded_in_the_metadata(tmp_path, cache):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         r = localvideo.generate(PROMPT, model="tiny-ltx", seed=3, steps=1, output=str(tmp_path / "l.mp4"),
                                 hardware=CPU, cache=cache, enhance="tiny-lm")
-    finally:
-        torch.set_num_threads(threads)
     meta = json.loads(r.sidecar.read_text())
     assert meta["prompt_source"] == "engine" and meta["prompt_enhancer"].startswith("tiny-lm (RANDOM")
     assert "not used" in meta["prompt_fallback_reason"] and meta["prompt"] == expand(PROMPT, "ltx").prompt

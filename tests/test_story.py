@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _helpers import teach_tiny_lm
+from _helpers import teach_tiny_lm, torch_threads
 from conftest import run_cli
 from localvideo.errors import Cancelled, InvalidRequest
 from localvideo.hardware import Hardware
@@ -171,13 +171,9 @@ def test_llm_shot_lists_are_validated_strictly(raw, why):
 
 @pytest.fixture()
 def one_thread():
-    """Tiny LMs on a shared 2-core box: more threads only fight each other (see test_enhancer)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Tiny LMs on a shared 2-core box: more threads only fight each other (see _helpers.torch_threads)."""
+    with torch_threads(1):
+        yield
 
 
 def test_tiny_random_lm_shot_list_falls_back_with_the_reason(one_thread):

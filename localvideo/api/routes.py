@@ -96,12 +96,7 @@ async def create_image_job(
         uploads[key] = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
                                                max_pixels=settings.api_max_upload_pixels,
                                                declared_type=upload.content_type)
-    try:
-        fields = json.loads(params)
-    except ValueError:
-        raise InvalidRequest("params must be a JSON object of job fields.") from None
-    if not isinstance(fields, dict):
-        raise InvalidRequest("params must be a JSON object of job fields.")
+    fields = _params(params)
     try:
         body = JobCreate.model_validate(fields)  # type: ignore[attr-defined]
     except ValidationError as e:

@@ -114,6 +114,7 @@ class ModelSpec:
     i2v_pipeline: str | None = None
     i2v_load_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs for the i2v pipeline
     supports_last_image: bool = False  # the i2v pipeline also conditions on a last frame
+    requires_last_image: bool = False  # ... and cannot run without one (Wan 2.1 FLF2V)
     component_dtypes: dict[str, str] = field(default_factory=dict)  # overrides of dtype per component (e.g. vae fp32)
     fixed_size: bool = False  # only the default size works (learned positional embeddings)
     call_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the pipeline call
@@ -291,7 +292,9 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="wan2.1-i2v-14b-480p", name="Wan 2.1 I2V 14B 480P", repo="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
         pipeline="WanImageToVideoPipeline", i2v_pipeline="WanImageToVideoPipeline", family="wan", tasks=("i2v",),
-        supports_last_image=True,
+        # No last frame: its transformer has no pos_embed_seq_len (transformer.json), so diffusers 0.42 turns
+        # [first, last] into a CLIP batch of 2 against a text batch of 1 and fails; only the FLF2V checkpoint
+        # (pos_embed_seq_len 2 x 257) takes one (tests/test_i2v_last_frame.py shows both on tiny transformers).
         dtype="bfloat16", component_dtypes={"vae": "float32", "image_encoder": "float32"},
         frame_rule=FrameRule(4), size_multiple=16, max_frames=129, max_pixels=832 * 480,
         defaults=Defaults(832, 480, 81, 50, 5.0, 16, flow_shift=3.0, negative_prompt=WAN_NEGATIVE),
@@ -399,6 +402,20 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="none (random weights)", tiny=True, max_sequence_length=226,
         tiny_params={"transformer": 16408, "vae": 65195, "text_encoder": 26944}, tiny_hidden=32,
         description="A real CogVideoXPipeline with random weights, built on this machine. Output is noise.",
+    ),
+    ModelSpec(
+        id="tiny-wan-flf2v", name="Tiny Wan 2.1 FLF2V (random weights)", repo="local:tiny-wan-flf2v",
+        pipeline="WanImageToVideoPipeline", i2v_pipeline="WanImageToVideoPipeline", family="wan", tasks=("i2v",),
+        supports_last_image=True, requires_last_image=True,  # first-last-frame-to-video, like Wan2.1-FLF2V-14B-720P
+        dtype="float32", frame_rule=FrameRule(4), size_multiple=16, max_frames=65, max_pixels=512 * 512,
+        defaults=Defaults(128, 128, 17, 4, 5.0, 16, flow_shift=3.0),
+        geometry=Geometry(8, 4, 16, (1, 2, 2), cfg_batch=1, vae_decoder_channels=3, vae_decode_chunk_frames=4),
+        licence="none (random weights)", tiny=True,
+        tiny_params={"transformer": 34000, "vae": 13861, "text_encoder": 29344, "image_encoder": 7872},
+        tiny_hidden=24,
+        description="A real WanImageToVideoPipeline (Wan 2.1 first-last-frame style: CLIP image encoder, image "
+                    "cross-attention) with random weights, built on this machine. Takes a first and a last frame. "
+                    "Output is noise.",
     ),
 )
 

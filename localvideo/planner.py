@@ -365,8 +365,14 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     if request.last_image and not request.image:
         raise InvalidRequest("A last frame was given without a first frame.", hint="Pass --image too.")
     if request.last_image and not spec.supports_last_image:
+        from .catalog import all_models
+
+        takers = ", ".join(m.id for m in all_models() if m.supports_last_image)
         raise InvalidRequest(f"{spec.id} cannot condition on a last frame.",
-                             hint="Drop --last-image, or use a model that supports it (wan2.1-i2v-14b-480p).")
+                             hint=f"Drop --last-image, or use a model that supports it ({takers}).")
+    if request.image and spec.requires_last_image and not request.last_image:
+        raise InvalidRequest(f"{spec.id} makes a video from a first and a last frame: pass the last frame too.",
+                             hint="Add --last-image end.jpg (API: a last_image upload).")
     if not spec.supports(task):
         raise InvalidRequest(
             f"{spec.id} does {', '.join(spec.tasks)}, not {task}.",
@@ -395,6 +401,9 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     if snapped != frames:
         notes.append(f"frames {frames} → {snapped} ({spec.id} needs {spec.frame_rule} frames)")
     frames = snapped
+    if request.last_image and frames < 2:  # a first and a last frame: at least two
+        frames = spec.frame_rule.step + 1
+        notes.append(f"frames {snapped} → {frames} (a first and a last frame need at least {frames})")
 
     # size
     width = request.width if request.width is not None else d.width

@@ -285,6 +285,9 @@ def plan_story(script_or_scenes, *, model: str, crossfade_s: float = 0.0, contin
                              hint=f"Use at least {1 / fps:.3f} s, or 0 for hard cuts.")
 
     # continuity
+    if spec.requires_last_image:  # e.g. Wan 2.1 FLF2V: every clip needs a last frame, which a story cannot give
+        raise InvalidRequest(f"{spec.id} makes a clip between a first and a last frame, so it cannot make story "
+                             "scenes.", hint="Use a text- or image-to-video model such as wan2.2-ti2v-5b.")
     i2v = spec.supports("i2v")
     if continuity and not i2v:
         raise InvalidRequest(f"{spec.id} cannot start a clip from an image, so scenes cannot continue from the "

@@ -107,19 +107,20 @@ def test_parameter_counts_match_architectures_built_on_meta_device(model_id):
             assert counted == pytest.approx(expected, rel=0.002), (model_id, component, counted, expected)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-wan", "tiny-ltx", "tiny-cogvideox"])
+@pytest.mark.parametrize("model_id", ["tiny-wan", "tiny-ltx", "tiny-cogvideox", "tiny-wan-flf2v"])
 def test_tiny_entries_match_the_pipelines_actually_built(model_id):
     import torch
 
     from localvideo.runtime.tiny import TINY_GEOMETRY, make_tiny_pipeline
 
     m = get_model(model_id)
-    geo = TINY_GEOMETRY[m.family]
+    build = m.id.removeprefix("tiny-")  # the tiny build: "wan", …, "wan-flf2v"
+    geo = TINY_GEOMETRY[build]
     assert (m.size_multiple, m.geometry.vae_spatial, m.geometry.vae_temporal, m.geometry.latent_channels,
             m.geometry.patch, m.pipeline) == (geo["size_multiple"], geo["vae_spatial"], geo["vae_temporal"],
                                               geo["latent_channels"], tuple(geo["patch_size"]), geo["pipeline"])
     assert m.frame_rule.step == geo["frame_step"]
-    pipe = make_tiny_pipeline(m.family)
+    pipe = make_tiny_pipeline(build)
     counted = {k: sum(p.numel() for p in v.parameters()) for k, v in pipe.components.items()
                if isinstance(v, torch.nn.Module)}
     assert counted == m.component_params

@@ -201,10 +201,12 @@ def test_image_to_video_follows_the_image_aspect_and_uses_the_i2v_pipeline():
 def test_last_frame_only_where_the_model_supports_it():
     with pytest.raises(InvalidRequest, match="last frame"):
         plan(req("wan2.2-ti2v-5b", image="a.jpg", last_image="b.jpg"), get_model("wan2.2-ti2v-5b"), hw(80))
-    p = plan(req("wan2.1-i2v-14b-480p", image="a.jpg", last_image="b.jpg"), get_model("wan2.1-i2v-14b-480p"), hw(80))
+    with pytest.raises(InvalidRequest, match="last frame"):  # Wan 2.1 I2V: first frame only (test_i2v_last_frame.py)
+        plan(req("wan2.1-i2v-14b-480p", image="a.jpg", last_image="b.jpg"), get_model("wan2.1-i2v-14b-480p"), hw(80))
+    p = plan(req("tiny-wan-flf2v", image="a.jpg", last_image="b.jpg"), get_model("tiny-wan-flf2v"), hw(80))
     assert p.last_image == "b.jpg"
     with pytest.raises(InvalidRequest, match="without a first frame"):
-        plan(req("wan2.1-i2v-14b-480p", last_image="b.jpg"), get_model("wan2.1-i2v-14b-480p"), hw(80))
+        plan(req("tiny-wan-flf2v", last_image="b.jpg"), get_model("tiny-wan-flf2v"), hw(80))
 
 
 def test_plan_is_json_serialisable_and_explains_itself():

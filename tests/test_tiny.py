@@ -173,3 +173,26 @@ def test_ensure_concurrent_callers(tmp_path):
     assert json.loads((tmp_path / "tiny-cogvideox" / MARKER_NAME).read_text())["family"] == "cogvideox"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny-cogvideox.") and not p.name.endswith(".lock")]
     assert not leftovers
+
+
+def test_wan_flf2v_variant_builds_reloads_and_is_deterministic(tmp_path):
+    """The Wan 2.1 first-last-frame build (tiny-wan-flf2v): its own folder and marker, a CLIP image encoder and
+    processor saved with it, the same weights on every build."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    assert "wan-flf2v" not in FAMILIES  # not one of the text-to-video builds the tests above run
+    first = ensure_tiny_pipeline("wan-flf2v", tmp_path)
+    assert first == tmp_path / "tiny-wan-flf2v"
+    assert json.loads((first / MARKER_NAME).read_text())["family"] == "wan-flf2v"
+    second = build_tiny_pipeline("wan-flf2v", tmp_path / "again")
+    weight_files = sorted(p.relative_to(first) for p in first.rglob("*.safetensors"))
+    assert {p.parent.name for p in weight_files} == {"transformer", "vae", "text_encoder", "image_encoder"}
+    for rel in weight_files:
+        sd1, sd2 = load_file(first / rel), load_file(second / rel)
+        assert sd1.keys() == sd2.keys() and all(sd1[k].equal(sd2[k]) for k in sd1), rel
+    pipe = DiffusionPipeline.from_pretrained(first, local_files_only=True)
+    assert type(pipe).__name__ == TINY_GEOMETRY["wan-flf2v"]["pipeline"] == "WanImageToVideoPipeline"
+    assert type(pipe.image_encoder).__name__ == "CLIPVisionModel" and pipe.image_processor is not None
+    assert not pipe.config.expand_timesteps  # Wan 2.1 style: the images are concatenated as channels
+    assert pipe.transformer.config.image_dim == pipe.image_encoder.config.hidden_size

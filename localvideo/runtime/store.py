@@ -97,7 +97,8 @@ def locate(spec: ModelSpec, settings: Settings | None = None) -> Path:
     if spec.tiny:
         from .tiny import ensure_tiny_pipeline
 
-        return ensure_tiny_pipeline(spec.family, settings.tiny)
+        # the build is named by the id (tiny-wan → "wan", tiny-wan-flf2v → "wan-flf2v"), as find() looks it up
+        return ensure_tiny_pipeline(spec.id.removeprefix("tiny-"), settings.tiny)
     found = find(spec, settings)
     if found is None:
         raise ModelNotInstalled(

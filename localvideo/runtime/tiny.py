@@ -1,11 +1,12 @@
 """Tiny random-weight video pipelines, built offline.
 
-``build_tiny_pipeline(family, dest)`` creates a *real* diffusers pipeline (``WanPipeline``, ``LTXPipeline`` or
-``CogVideoXPipeline``) whose components use tiny configs (modelled on diffusers' own pipeline tests) and random
-weights drawn from ``TINY_SEED``, then saves it with ``save_pretrained``. The folder reloads with
-``DiffusionPipeline.from_pretrained(folder, local_files_only=True)`` and runs end to end on a CPU in about a second;
-its output is noise. It exists so the whole app (loading, scheduling, callbacks, decoding, encoding MP4s) can be
-exercised without downloading gigabytes of weights and without any network access.
+``build_tiny_pipeline(family, dest)`` creates a *real* diffusers pipeline (``WanPipeline``, ``LTXPipeline``,
+``CogVideoXPipeline``, or for ``wan-flf2v`` a ``WanImageToVideoPipeline``) whose components use tiny configs
+(modelled on diffusers' own pipeline tests) and random weights drawn from ``TINY_SEED``, then saves it with
+``save_pretrained``. The folder reloads with ``DiffusionPipeline.from_pretrained(folder, local_files_only=True)`` and
+runs end to end on a CPU in about a second; its output is noise. It exists so the whole app (loading, scheduling,
+callbacks, decoding, encoding MP4s) can be exercised without downloading gigabytes of weights and without any
+network access.
 
 No tokenizer is downloaded either: a tiny Unigram tokenizer is trained with the ``tokenizers`` library on a small
 built-in corpus and wrapped as a ``transformers.T5Tokenizer``.
@@ -18,6 +19,11 @@ Geometry of the tiny pipelines (see ``TINY_GEOMETRY``):
 * tiny-cogvideox: frames 4k+1 (VAE 4x time, 8x space, patch 2 -> size multiple of 16), default 128x128x9.
   Must be called with ``max_sequence_length=226`` (the transformer's ``max_text_seq_length``; 226 is also the
   pipeline's default), anything else fails with a shape mismatch.
+* tiny-wan-flf2v (a *variant* of the wan family, see ``VARIANTS``): Wan 2.1 first-last-frame-to-video, shaped like
+  Wan2.1-FLF2V-14B-720P: tiny-wan's VAE and text encoder, a tiny CLIP vision encoder + ``CLIPImageProcessorPil``,
+  and a transformer with the image branch (in_channels 36, ``image_dim``, ``added_kv_proj_dim``,
+  ``pos_embed_seq_len``). Same geometry as tiny-wan. Must be called with ``image=`` *and* ``last_image=``: its image
+  position embedding spans two CLIP sequences (first and last frame), so a first frame alone fails in diffusers.
 
 Heavy libraries (torch, diffusers, transformers, tokenizers) are only imported inside functions.
 """
@@ -34,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("wan", "ltx", "cogvideox")
+# Tiny builds beyond one per family: build name -> catalog family. Built into root/f"tiny-{name}" like the others.
+VARIANTS: dict[str, str] = {"wan-flf2v": "wan"}
+BUILDS = FAMILIES + tuple(VARIANTS)
 TINY_SEED = 0  # weights are generated deterministically from this seed
 
 MARKER_NAME = "localvideo_tiny.json"
@@ -85,9 +94,17 @@ TINY_GEOMETRY: dict[str, dict[str, Any]] = {
         "call_kwargs": {"max_sequence_length": 226},
     },
 }
+# Wan 2.1 FLF2V variant: tiny-wan's geometry, another pipeline class; needs ``image`` and ``last_image``.
+TINY_GEOMETRY["wan-flf2v"] = {**TINY_GEOMETRY["wan"], "pipeline": "WanImageToVideoPipeline", "needs_last_image": True}
 
 # Text encoder width; every transformer's text/caption dim below must equal it.
 _TEXT_DIM = 32
+# Tiny CLIP vision tower of the wan-flf2v variant: 32 px input, 8 px patches -> 16 patches + 1 class token.
+# Its width is the transformer's ``image_dim`` (1280, ViT-H/14, in the real Wan 2.1 I2V / FLF2V models).
+_CLIP_DIM = 16
+_CLIP_IMAGE_SIZE = 32
+_CLIP_PATCH = 8
+_CLIP_TOKENS = (_CLIP_IMAGE_SIZE // _CLIP_PATCH) ** 2 + 1
 _COGVIDEOX_MAX_TEXT_SEQ = 226
 
 # Small deterministic English corpus for the tokenizer (scene descriptions, the kind of text prompts contain).
@@ -137,8 +154,8 @@ Negative: blurry, low quality, distorted, watermark, text, jpeg artifacts, worst
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown tiny family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in BUILDS:
+        raise ValueError(f"unknown tiny family {family!r}; expected one of {', '.join(BUILDS)}")
 
 
 # --------------------------------------------------------------------------------------------------------- tokenizer
@@ -221,7 +238,7 @@ def _t5_kwargs(vocab_size: int) -> dict[str, Any]:
     )
 
 
-def _wan_components(torch, vocab_size: int) -> dict[str, Any]:
+def _wan_components(torch, vocab_size: int, **transformer_kwargs: Any) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -236,20 +253,21 @@ def _wan_components(torch, vocab_size: int) -> dict[str, Any]:
     torch.manual_seed(TINY_SEED)
     text_encoder = UMT5EncoderModel(UMT5Config(**_t5_kwargs(vocab_size)))
     torch.manual_seed(TINY_SEED)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=_TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024,
-    )
+    transformer = WanTransformer3DModel(**{
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": 2,
+        "attention_head_dim": 12,
+        "in_channels": 16,
+        "out_channels": 16,
+        "text_dim": _TEXT_DIM,
+        "freq_dim": 256,
+        "ffn_dim": 32,
+        "num_layers": 2,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 1024,
+        **transformer_kwargs,  # the wan-flf2v variant's image branch
+    })
     # Same scheduler as the real Wan 2.1 T2V checkpoints (UniPC with flow-matching sigmas).
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction",
@@ -258,6 +276,38 @@ def _wan_components(torch, vocab_size: int) -> dict[str, Any]:
         flow_shift=3.0,
     )
     return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
+
+
+def _wan_flf2v_components(torch, vocab_size: int) -> dict[str, Any]:
+    """Wan 2.1 first-last-frame-to-video (the shape of Wan2.1-FLF2V-14B-720P, scaled down).
+
+    As in the real config: ``in_channels`` 36 (16 noise + 4 frame mask + 16 conditioning latents), ``image_dim`` =
+    the CLIP vision width, ``added_kv_proj_dim`` = the transformer width (the image cross-attention's key/value
+    projections) and ``pos_embed_seq_len`` = 2 CLIP sequences (first and last frame side by side; 2 x 257 in the
+    real model). Wan2.1-I2V-14B has no ``pos_embed_seq_len``: it takes a first frame only, and diffusers fails when
+    it is given a last one (the two CLIP embeddings become a batch of 2 against a text batch of 1).
+    """
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    components = _wan_components(torch, vocab_size, in_channels=36, image_dim=_CLIP_DIM, added_kv_proj_dim=2 * 12,
+                                 pos_embed_seq_len=2 * _CLIP_TOKENS)
+    torch.manual_seed(TINY_SEED)
+    # The pipeline reads image_encoder(...).hidden_states[-2]: two layers, so that is the first layer's output.
+    components["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=_CLIP_DIM,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=_CLIP_IMAGE_SIZE,
+        patch_size=_CLIP_PATCH,
+        projection_dim=_CLIP_DIM,
+    ))
+    # CLIP's own preprocessing (shortest edge resize, center crop, OpenAI mean/std) at 32 px. The PIL backend: the
+    # default CLIPImageProcessor wants torchvision and falls back to this class (with a warning) without it, so the
+    # saved model_index is the same on every machine.
+    components["image_processor"] = CLIPImageProcessorPil(
+        size={"shortest_edge": _CLIP_IMAGE_SIZE}, crop_size={"height": _CLIP_IMAGE_SIZE, "width": _CLIP_IMAGE_SIZE})
+    return components
 
 
 def _ltx_components(torch, vocab_size: int) -> dict[str, Any]:
@@ -360,7 +410,8 @@ def make_tiny_pipeline(family: str):
     import diffusers
 
     tokenizer = build_tiny_tokenizer()
-    makers = {"wan": _wan_components, "ltx": _ltx_components, "cogvideox": _cogvideox_components}
+    makers = {"wan": _wan_components, "ltx": _ltx_components, "cogvideox": _cogvideox_components,
+              "wan-flf2v": _wan_flf2v_components}
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # fp32 weights whatever the caller's default dtype is
     try:
@@ -370,8 +421,9 @@ def make_tiny_pipeline(family: str):
         torch.set_default_dtype(previous_dtype)
     pipeline_cls = getattr(diffusers, TINY_GEOMETRY[family]["pipeline"])
     pipe = pipeline_cls(tokenizer=tokenizer, **components)
-    for name in ("transformer", "vae", "text_encoder"):
-        getattr(pipe, name).eval()
+    for name in ("transformer", "vae", "text_encoder", "image_encoder"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).eval()
     return pipe
 
 
@@ -525,6 +577,7 @@ def ensure_tiny_pipeline(family: str, root: Path) -> Path:
 
 
 __all__ = [
+    "BUILDS",
     "FAMILIES",
     "MARKER_NAME",
     "TINY_GEOMETRY",
@@ -534,4 +587,5 @@ __all__ = [
     "ensure_tiny_pipeline",
     "make_tiny_pipeline",
     "read_marker",
+    "VARIANTS",
 ]

@@ -276,16 +276,17 @@ def decode_saved(latents_file: str | Path, *, output: str | None = None, hardwar
     model_path = store.locate(spec, settings)
     cache = cache if cache is not None else default_cache(settings)
     t = time.perf_counter()
-    pipe, hit = runner.get_pipeline(cache, spec, model_path, plan)
-    load_s = time.perf_counter() - t
     import torch
 
-    generator = torch.Generator("cpu").manual_seed(plan.seed)
-    if on_progress is not None:
-        on_progress(runner.Progress("decoding", plan.steps, plan.steps, time.perf_counter() - t_start))
-    t = time.perf_counter()
-    frames, plan = recovery.decode_with_recovery(pipe, spec, plan, saved.latents, generator, saved.generator_state,
-                                                 latents_path=Path(latents_file))
+    with runner.use_pipeline(cache, spec, model_path, plan) as lease:  # no other job on this pipeline meanwhile
+        pipe, hit = lease.value, lease.hit
+        load_s = time.perf_counter() - t - lease.waited_s
+        generator = torch.Generator("cpu").manual_seed(plan.seed)
+        if on_progress is not None:
+            on_progress(runner.Progress("decoding", plan.steps, plan.steps, time.perf_counter() - t_start))
+        t = time.perf_counter()
+        frames, plan = recovery.decode_with_recovery(pipe, spec, plan, saved.latents, generator,
+                                                     saved.generator_state, latents_path=Path(latents_file))
     timings = {"load_s": round(load_s, 3), "denoise_s": 0.0, "decode_s": round(time.perf_counter() - t, 3)}
     result = record(frames, plan, spec, out_path, timings, t_start, on_progress=on_progress,
                     extra={"decoded_from": str(latents_file)})

@@ -73,7 +73,7 @@ def test_first_frame_follows_the_input_image(model, photos, cache, tmp_path):
     assert meta["task"] == "i2v" and meta["input_image"]["sha256"] and "center-cropped" in meta["input_image"]["fit"]
     assert meta["pipeline"] == get_model(model).i2v_pipeline
 
-    pipe = next(v for k, (v, _) in cache._items.items() if k[0] == model)
+    pipe = next(v for k, v in cache.pipelines() if k[0] == model)
     fitted, _ = fit_image(Image.open(photos / "chelsea.png").convert("RGB"), 128, 96)
     other, _ = fit_image(Image.open(photos / "coffee.jpg").convert("RGB"), 128, 96)
     first = read_frames(r.path)[0].astype(np.float32) / 255
@@ -89,7 +89,7 @@ def test_wan_first_latent_frame_is_exactly_the_input_image(photos, cache, tmp_pa
     r = localvideo.generate(PROMPT, model="tiny-wan", image=str(photos / "chelsea.png"), width=128, height=96, seed=4,
                             steps=3, output=str(tmp_path / "w.mp4"), hardware=CPU, cache=cache, keep_latents=True)
     saved = latents_io.load(lv_home / "latents" / "w.latents.safetensors")
-    pipe = next(v for k, (v, _) in cache._items.items() if k[0] == "tiny-wan")
+    pipe = next(v for k, v in cache.pipelines() if k[0] == "tiny-wan")
     fitted, _ = fit_image(Image.open(photos / "chelsea.png").convert("RGB"), 128, 96)
     x = pipe.video_processor.preprocess(fitted, height=96, width=128).unsqueeze(2)
     with torch.inference_mode():

@@ -102,41 +102,57 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
     OOM = _oom_type()
     attempts, ooms = 0, []
     load_s = 0.0
+    t_start = time.perf_counter()
+
+    def waiting(now_waiting: bool) -> None:  # another job is using this pipeline: show the wait, not "loading"
+        if on_progress is not None:
+            on_progress(runner.Progress("queued" if now_waiting else "loading", 0, plan.steps,
+                                        time.perf_counter() - t_start, None))
+
     while True:
         attempts += 1
         key = runner.cache_key(spec, model_path, plan)
         phase = "load"
         try:
             t = time.perf_counter()
-            pipe, hit = runner.get_pipeline(cache, spec, model_path, plan, guard)
-            load_s += time.perf_counter() - t
-            phase = "denoise"
-            den = runner.denoise(pipe, plan, on_progress, cancel, guard,
-                                 inputs=inputs(plan) if callable(inputs) else inputs)
-            break
+            # The pipeline is leased for denoising *and* decoding: no other job runs on it meanwhile (its scheduler
+            # keeps per-call state), and it is not evicted under this run. Handed back however the run ends.
+            with runner.use_pipeline(cache, spec, model_path, plan, guard, cancel=cancel,
+                                     on_wait=waiting) as lease:
+                pipe, hit = lease.value, lease.hit
+                load_s += time.perf_counter() - t - lease.waited_s
+                phase = "denoise"
+                den = runner.denoise(pipe, plan, on_progress, cancel, guard,
+                                     inputs=inputs(plan) if callable(inputs) else inputs)
+                phase = "decode"
+                if latents_path is not None:
+                    latents_io.save(latents_path, den.latents, den.generator_state, plan.to_dict())
+                if on_progress is not None:
+                    on_progress(runner.Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
+                t = time.perf_counter()
+                frames, plan = decode_with_recovery(pipe, spec, plan, den.latents, den.generator,
+                                                    den.generator_state, guard=guard, latents_path=latents_path,
+                                                    ooms=ooms)
+                return Outcome(frames, plan, load_s, den.denoise_s, time.perf_counter() - t, hit, attempts,
+                               latents_path, ooms)
         except OOM as e:
             ooms.append(f"{phase}: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")
             log.warning("out of memory while %s (attempt %d): %s", PHASE_WORDS[phase], attempts, e)
-            free_memory(cache, key)
-            lower = next_rung(plan, spec, phase) if attempts < max_attempts else None
-            if lower is None:
-                raise DoesNotFit(
-                    f"{spec.id} ran out of memory while {PHASE_WORDS[phase]} {attempts} times; every step down "
-                    f"the ladder was tried ({'; '.join(plan.degraded) or 'none possible'}).",
-                    hint="Close other GPU programs, or ask for fewer frames or a smaller size.",
-                    model=spec.id, degraded=list(plan.degraded)) from None
-            plan = lower
-            if on_progress is not None:
-                on_progress(runner.Progress("loading", 0, plan.steps, 0.0, None))
-
-    if latents_path is not None:
-        latents_io.save(latents_path, den.latents, den.generator_state, plan.to_dict())
-    if on_progress is not None:
-        on_progress(runner.Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
-    t = time.perf_counter()
-    frames, plan = decode_with_recovery(pipe, spec, plan, den.latents, den.generator, den.generator_state,
-                                        guard=guard, latents_path=latents_path, ooms=ooms)
-    return Outcome(frames, plan, load_s, den.denoise_s, time.perf_counter() - t, hit, attempts, latents_path, ooms)
+        # Out of memory. The lease is handed back by now, and the exception (with its frames) is gone: drop this
+        # run's references too, so that evicting the pipeline frees it. The eviction waits if another job took the
+        # pipeline meanwhile (never freed under a running job).
+        pipe = lease = den = None
+        free_memory(cache, key)
+        lower = next_rung(plan, spec, phase) if attempts < max_attempts else None
+        if lower is None:
+            raise DoesNotFit(
+                f"{spec.id} ran out of memory while {PHASE_WORDS[phase]} {attempts} times; every step down "
+                f"the ladder was tried ({'; '.join(plan.degraded) or 'none possible'}).",
+                hint="Close other GPU programs, or ask for fewer frames or a smaller size.",
+                model=spec.id, degraded=list(plan.degraded))
+        plan = lower
+        if on_progress is not None:
+            on_progress(runner.Progress("loading", 0, plan.steps, 0.0, None))
 
 
 def decode_with_recovery(pipe, spec: ModelSpec, plan: Plan, latents, generator=None, generator_state=None, *,

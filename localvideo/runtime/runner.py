@@ -135,8 +135,20 @@ def cache_key(spec: ModelSpec, path: Path, plan: Plan) -> tuple:
 
 
 def get_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None):
-    """``(pipeline, was_cached)``. A pipeline whose load fails (e.g. out of memory) never enters the cache."""
+    """``(pipeline, was_cached)`` without a lease: only for a caller that is the cache's sole user (scripts, tests).
+    Anything that may run beside other jobs uses :func:`use_pipeline`. A pipeline whose load fails (e.g. out of
+    memory) never enters the cache."""
     return cache.get_or_load(cache_key(spec, path, plan), lambda: _load_sized(spec, path, plan, guard))
+
+
+def use_pipeline(cache: PipelineCache, spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None,
+                 *, cancel: CancelCheck = None, on_wait: Callable[[bool], None] | None = None):
+    """Lease the plan's pipeline for a ``with`` block (a :class:`~localvideo.runtime.cache.Lease`: ``.value``,
+    ``.hit``, ``.waited_s``): no other job runs on it meanwhile, and it is not evicted under this one. Waits while
+    another job uses it (``on_wait(True)`` when the wait begins, ``on_wait(False)`` when it ends; ``cancel`` stops
+    the wait with :class:`~localvideo.errors.Cancelled`)."""
+    return cache.use(cache_key(spec, path, plan), lambda: _load_sized(spec, path, plan, guard), cancel=cancel,
+                     on_wait=on_wait)
 
 
 def _load_sized(spec: ModelSpec, path: Path, plan: Plan, guard: "MemoryGuard | None" = None):

@@ -77,6 +77,7 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
     errors. Partial files are removed on every outcome but success. Used by both executors."""
     from ..generation import generate
     from ..request import GenerationRequest
+    from .legacy import migrate
 
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)  # a retry starts clean
@@ -85,7 +86,10 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
     def progress(p) -> None:
         on_progress(job_progress(p))
 
+    migrated: list[str] = []
     try:
+        # a row queued by an older localvideo (a retry migrates it already): this version's field names
+        request, migrated = migrate(kind, request)
         if kind == "story":
             from ..story import StoryRequest, make_story
 
@@ -117,7 +121,7 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
             bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
             duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=int(request.get("seed", 0)),
             model="photo-animation", random_weights=False, strategy=result.render_path, has_thumbnail=False,
-            timings=timings, notes=[f"move: {result.move}", f"path: {result.render_path}"],
+            timings=timings, notes=[*migrated, f"move: {result.move}", f"path: {result.render_path}"],
             warnings=list(result.warnings)))
     common = dict(bytes=size, frames=result.frames, width=result.width, height=result.height, fps=result.fps,
                   duration_s=round(result.frames / result.fps, 3) if result.fps else 0.0, seed=result.seed,
@@ -126,13 +130,13 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
         md = result.metadata
         return Outcome("succeeded", result=JobResult(
             **common, model=result.model, random_weights=result.random_weights, strategy=md.get("strategy") or "",
-            notes=[n for s in result.scenes for n in s.notes],
+            notes=[*migrated, *(n for s in result.scenes for n in s.notes)],
             scenes=[{k: getattr(s, k) for k in ("index", "text", "seed", "frames", "kept", "start_frame",
                                                 "end_frame", "start_time_s", "transition", "task")}
                     for s in result.scenes]))
     return Outcome("succeeded", result=JobResult(
         **common, model=result.plan.model, random_weights=result.plan.random_weights, strategy=result.plan.strategy,
-        notes=list(result.plan.notes)))
+        notes=[*migrated, *result.plan.notes]))
 
 
 def _animate(request: dict, folder: Path, on_progress: ProgressFn, cancel, settings):

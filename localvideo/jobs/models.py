@@ -106,6 +106,7 @@ class Job(BaseModel):
     error: JobError | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    notes: list[str] = []  # what the service changed about the job, e.g. a stored request migrated when retried
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -320,12 +320,23 @@ class JobService:
                           hint="Delete it instead if you want it gone.", state=job.state)
 
     def retry(self, job_id: str) -> Job:
-        """Queue a failed, cancelled or interrupted job again (same id, same request and seed)."""
+        """Queue a failed, cancelled or interrupted job again (same id, same request and seed).
+
+        A request stored by an older localvideo is brought to this version's field names first (renamed fields
+        moved, unknown fields that ask for nothing dropped; see :mod:`localvideo.jobs.legacy`), stored so, and
+        each change noted on the job; one that cannot run as it was asked for is refused (409) with what to do."""
+        from .legacy import migrate
+
         job = self.get(job_id)
+        changed: dict[str, Any] = {}
+        if job.state in RETRYABLE:
+            request, notes = migrate(job.kind, job.request, context=f"Job {job_id} cannot be retried")
+            if request != job.request:
+                changed = {"request": request, "notes": [*job.notes, *(n for n in notes if n not in job.notes)]}
         with self._lock:  # its folder was emptied when it failed/was cancelled/interrupted; the worker starts clean
             again = self.store.transition(job_id, RETRYABLE, "queued", progress=JobProgress(phase="queued"),
                                           result=None, error=None, started_at=None, finished_at=None,
-                                          cancel_requested=False)
+                                          cancel_requested=False, **changed)
         if again is None:
             job = self.get(job_id)
             raise JobConflict(f"Job {job_id} is {job.state}; only failed, cancelled or interrupted jobs can be "

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at       REAL NOT NULL,
     started_at       REAL,
     finished_at      REAL,
-    version          INTEGER NOT NULL DEFAULT 0
+    version          INTEGER NOT NULL DEFAULT 0,
+    notes            TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 """
@@ -68,6 +69,10 @@ def _dump(model) -> str | None:
     return None if model is None else model.model_dump_json()
 
 
+def _notes(notes: list[str] | None) -> str | None:
+    return json.dumps(list(notes), ensure_ascii=False) if notes else None
+
+
 class SQLiteJobStore:
     """A :class:`JobStore` on one SQLite file (WAL). Thread-safe: one connection behind a lock."""
 
@@ -87,6 +92,9 @@ class SQLiteJobStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer localvideo (schema {version}).")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "notes" not in columns:  # added later; additive, so older versions still read this database
+                self._db.execute("ALTER TABLE jobs ADD COLUMN notes TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- reading --------------------------------------------------------------------------------------------
@@ -98,8 +106,8 @@ class SQLiteJobStore:
             result=JobResult.model_validate_json(row["result"]) if row["result"] else None,
             error=JobError.model_validate_json(row["error"]) if row["error"] else None,
             cancel_requested=bool(row["cancel_requested"]), attempts=row["attempts"],
-            created_at=_dt(row["created_at"]), started_at=_dt(row["started_at"]),
-            finished_at=_dt(row["finished_at"]), version=row["version"],
+            notes=json.loads(row["notes"]) if row["notes"] else [], created_at=_dt(row["created_at"]),
+            started_at=_dt(row["started_at"]), finished_at=_dt(row["finished_at"]), version=row["version"],
         )
 
     def _one(self, sql: str, params: tuple | list) -> Job | None:
@@ -136,18 +144,19 @@ class SQLiteJobStore:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, kind, state, request, progress, result, error, cancel_requested, attempts,"
-                " created_at, started_at, finished_at, version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, started_at, finished_at, version, notes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job.id, job.kind, job.state, json.dumps(job.request, ensure_ascii=False), _dump(job.progress),
                  _dump(job.result), _dump(job.error), int(job.cancel_requested), job.attempts,
-                 _ts(job.created_at), _ts(job.started_at), _ts(job.finished_at), job.version))
+                 _ts(job.created_at), _ts(job.started_at), _ts(job.finished_at), job.version, _notes(job.notes)))
         return self.get(job.id)  # type: ignore[return-value]
 
     def transition(self, job_id: str, from_states: Iterable[str], to_state: str, *, progress: Any = _UNSET,
                    result: Any = _UNSET, error: Any = _UNSET, started_at: Any = _UNSET, finished_at: Any = _UNSET,
-                   cancel_requested: Any = _UNSET) -> Job | None:
+                   cancel_requested: Any = _UNSET, request: Any = _UNSET, notes: Any = _UNSET) -> Job | None:
         """Move the job to ``to_state`` if it is in one of ``from_states`` (each an allowed transition).
 
-        Returns the updated job, or None when it was not in those states (or does not exist)."""
+        Returns the updated job, or None when it was not in those states (or does not exist). ``request`` replaces
+        the stored request (a retry migrating an old row); ``notes`` replaces the job's notes."""
         from_states = list(from_states)
         for s in from_states:
             if to_state not in TRANSITIONS[s]:
@@ -155,7 +164,9 @@ class SQLiteJobStore:
         sets, params = ["state = ?", "version = version + 1"], [to_state]
         for col, value, conv in (("progress", progress, _dump), ("result", result, _dump), ("error", error, _dump),
                                  ("started_at", started_at, _ts), ("finished_at", finished_at, _ts),
-                                 ("cancel_requested", cancel_requested, int)):
+                                 ("cancel_requested", cancel_requested, int),
+                                 ("request", request, lambda r: json.dumps(r, ensure_ascii=False)),
+                                 ("notes", notes, _notes)):
             if value is not _UNSET:
                 sets.append(f"{col} = ?")
                 params.append(conv(value))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -66,6 +68,53 @@ def test_store_is_wal_and_enforces_transitions(tmp_path):
     reopened.close()
 
 
+class _ClaimOnCommit:
+    """A store's connection where another worker (its own connection to the same file) claims the new job the
+    moment the INSERT has committed: the worst moment for the inserting thread, made certain."""
+
+    def __init__(self, db: sqlite3.Connection, worker: SQLiteJobStore) -> None:
+        self._db, self._worker, self.claimed = db, worker, []
+
+    def execute(self, sql: str, params=()):
+        cur = self._db.execute(sql, params)
+        if not sql.lstrip().upper().startswith("INSERT"):
+            return cur
+        rows = cur.fetchall()  # the statement is done: committed (autocommit)
+        cur.close()
+        claimer = threading.Thread(target=lambda: self.claimed.append(self._worker.claim_next()))
+        claimer.start()
+        claimer.join(30)
+        return _Rows(rows)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class _Rows:
+    def __init__(self, rows) -> None:
+        self._rows = list(rows)
+
+    def fetchone(self):
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self):
+        rows, self._rows = self._rows, []
+        return rows
+
+
+def test_insert_returns_the_job_as_stored_even_when_a_worker_claims_it_at_once(tmp_path):
+    store, worker = SQLiteJobStore(tmp_path / "j.db"), SQLiteJobStore(tmp_path / "j.db")
+    store._db = conn = _ClaimOnCommit(store._db, worker)
+    job = _new(store)
+    assert [j.id for j in conn.claimed] == [job.id], "the other worker claimed the job between insert and return"
+    assert (job.state, job.version, job.attempts, job.started_at) == ("queued", 0, 0, None)
+    later = store.get(job.id)
+    assert (later.state, later.version, later.attempts) == ("running", 1, 1)
+    store._db = conn._db
+    store.close()
+    worker.close()
+
+
 # -- the service with a real worker -----------------------------------------------------------------------------
 
 def test_submit_runs_for_real_with_progress_events_and_files(service):
@@ -90,6 +139,48 @@ def test_submit_runs_for_real_with_progress_events_and_files(service):
     assert video == service.settings.outputs / job.id / "video.mp4"
     assert probe(video).frames == 9 and service.thumbnail_path(job.id).stat().st_size > 0
     assert (video.parent / "video.json").is_file()
+
+
+class _EagerWorkerStore(SQLiteJobStore):
+    """After each insert, the service's idle worker is woken and given a second to claim the new job (and publish
+    it ``running``) before ``insert`` returns to ``submit``: a worker ready and waiting, at the worst moment."""
+
+    service: JobService | None = None
+
+    def insert(self, job: Job) -> Job:
+        stored = super().insert(job)
+        with self.service.subscribe(job.id) as sub:
+            with self.service._wake:
+                self.service._wake.notify_all()
+            try:
+                sub.get(timeout=1.0)  # the worker's `running`, unless the service holds it off until it has published
+            except queue.Empty:
+                pass
+        return stored
+
+
+def test_submit_returns_the_queued_job_and_publishes_it_before_a_waiting_worker_claims_it(settings):
+    store = _EagerWorkerStore(settings.jobs_db)
+    store.service = svc = JobService(settings, store=store, hardware=CPU, workers=1)
+    svc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not svc._workers and time.monotonic() < deadline:  # the worker is up, idle, waiting for a job
+            time.sleep(0.01)
+        sub = svc.subscribe()
+        job = svc.submit(prompt="a paper boat on a river", **FAST)
+        assert (job.state, job.version, job.attempts, job.progress.phase) == ("queued", 0, 0, "queued")
+        seen = []
+        while not seen or not seen[-1].terminal:
+            ev = sub.get(timeout=120)
+            if ev.id == job.id:
+                seen.append(ev)
+        sub.close()
+        assert [(e.state, e.version) for e in seen[:2]] == [("queued", 0), ("running", 1)]
+        assert [e.version for e in seen] == sorted({e.version for e in seen}), "each version once, in order"
+        assert seen[-1].state == "succeeded" and seen[-1].attempts == 1
+    finally:
+        svc.close()
 
 
 def test_submit_refuses_what_can_never_run(service):

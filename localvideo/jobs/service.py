@@ -83,7 +83,7 @@ class JobService:
         self._hw: tuple[float, Hardware] | None = None
         self._hw_lock = threading.Lock()
         self._n_workers = workers if workers is not None else self.settings.workers
-        self._lock = threading.RLock()  # claim ↔ cancel ↔ delete
+        self._lock = threading.RLock()  # claim ↔ enqueue (submit, retry) ↔ cancel ↔ delete
         self._wake = threading.Condition()
         self._running: dict[str, threading.Event] = {}
         self._workers: list = []
@@ -199,12 +199,8 @@ class JobService:
         stored = req.model_dump(mode="json", exclude={"output"})
         stored["seed"] = plan.seed  # pinned now, so a retry makes the same video
         kind = "image-to-video" if req.image else "text-to-video"
-        job = self.store.insert(Job(id=job_id, kind=kind, state="queued", request=stored, created_at=utcnow(),
-                                    progress=JobProgress(phase="queued")))
-        self._publish(job)
-        with self._wake:
-            self._wake.notify_all()
-        return job
+        return self._enqueue(Job(id=job_id, kind=kind, state="queued", request=stored, created_at=utcnow(),
+                                 progress=JobProgress(phase="queued")))
 
     def submit_story(self, request: dict | None = None, **fields: Any) -> Job:
         """Validate and queue a story job (kind ``story``: see :mod:`localvideo.story`). Checked at once like
@@ -229,12 +225,8 @@ class JobService:
                                     hint=f"Download it with: {pull_command(sp.spec)}", model=sp.spec.id,
                                     command=pull_command(sp.spec))
         stored = req.model_dump() | {"seed": sp.seed}  # pinned now, so a retry makes the same video
-        job = self.store.insert(Job(id=uuid.uuid4().hex, kind="story", state="queued", request=stored,
-                                    created_at=utcnow(), progress=JobProgress(phase="queued")))
-        self._publish(job)
-        with self._wake:
-            self._wake.notify_all()
-        return job
+        return self._enqueue(Job(id=uuid.uuid4().hex, kind="story", state="queued", request=stored,
+                                 created_at=utcnow(), progress=JobProgress(phase="queued")))
 
     def submit_animation(self, request: dict | None = None, *, uploads: dict | None = None, **fields: Any) -> Job:
         """Validate and queue a photo animation job (kind ``photo-animation``, no model weights; see
@@ -266,10 +258,18 @@ class JobService:
         except BaseException:
             shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
             raise
-        job = self.store.insert(Job(id=job_id, kind="photo-animation", state="queued",
-                                    request=req.model_dump(mode="json"), created_at=utcnow(),
-                                    progress=JobProgress(phase="queued")))
-        self._publish(job)
+        return self._enqueue(Job(id=job_id, kind="photo-animation", state="queued",
+                                 request=req.model_dump(mode="json"), created_at=utcnow(),
+                                 progress=JobProgress(phase="queued")))
+
+    def _enqueue(self, job: Job) -> Job:
+        """Store a new queued job, tell subscribers, wake a worker; returns the job as stored (queued).
+
+        Stored and published under the lock a worker claims under, so its ``queued`` event goes out before the
+        worker can claim it (and publish ``running``): subscribers see each job's versions in order."""
+        with self._lock:
+            job = self.store.insert(job)
+            self._publish(job)
         with self._wake:
             self._wake.notify_all()
         return job
@@ -337,11 +337,12 @@ class JobService:
             again = self.store.transition(job_id, RETRYABLE, "queued", progress=JobProgress(phase="queued"),
                                           result=None, error=None, started_at=None, finished_at=None,
                                           cancel_requested=False, **changed)
+            if again is not None:  # published before a worker can claim it (as _enqueue)
+                self._publish(again)
         if again is None:
             job = self.get(job_id)
             raise JobConflict(f"Job {job_id} is {job.state}; only failed, cancelled or interrupted jobs can be "
                               "retried.", state=job.state)
-        self._publish(again)
         with self._wake:
             self._wake.notify_all()
         return again

@@ -141,14 +141,14 @@ class SQLiteJobStore:
 
     # -- writing --------------------------------------------------------------------------------------------
     def insert(self, job: Job) -> Job:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, kind, state, request, progress, result, error, cancel_requested, attempts,"
-                " created_at, started_at, finished_at, version, notes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (job.id, job.kind, job.state, json.dumps(job.request, ensure_ascii=False), _dump(job.progress),
-                 _dump(job.result), _dump(job.error), int(job.cancel_requested), job.attempts,
-                 _ts(job.created_at), _ts(job.started_at), _ts(job.finished_at), job.version, _notes(job.notes)))
-        return self.get(job.id)  # type: ignore[return-value]
+        """Store a new job and return it as stored, read back by the INSERT itself (``RETURNING``): once it commits
+        a worker may claim the job at any moment, and a separate read could already see it ``running``."""
+        return self._one(  # type: ignore[return-value]
+            "INSERT INTO jobs (id, kind, state, request, progress, result, error, cancel_requested, attempts,"
+            " created_at, started_at, finished_at, version, notes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *",
+            (job.id, job.kind, job.state, json.dumps(job.request, ensure_ascii=False), _dump(job.progress),
+             _dump(job.result), _dump(job.error), int(job.cancel_requested), job.attempts,
+             _ts(job.created_at), _ts(job.started_at), _ts(job.finished_at), job.version, _notes(job.notes)))
 
     def transition(self, job_id: str, from_states: Iterable[str], to_state: str, *, progress: Any = _UNSET,
                    result: Any = _UNSET, error: Any = _UNSET, started_at: Any = _UNSET, finished_at: Any = _UNSET,

@@ -31,6 +31,21 @@ def test_progress_html_is_a_real_progress_bar_and_escapes():
     assert "&lt;b&gt;fox&lt;/b&gt;" in rows and "<b>fox</b>" not in rows
 
 
+def test_a_running_job_waiting_for_a_busy_pipeline_does_not_say_it_is_in_the_queue():
+    # claimed by a worker (state running), waiting for the pipeline another job holds (phase queued)
+    waiting = _job(state="running", progress=JobProgress(phase="queued", total=6, elapsed_s=0.4))
+    html = views.progress_html(waiting)
+    assert "Waiting for the model (another job is using it)" in html and "Waiting in the queue" not in html
+    assert 'data-state="running"' in html and 'data-phase="queued"' in html  # the data attributes stay the facts
+    row = views.history_html([waiting], 1)
+    assert "Waiting for the model (another job is using it)" in row and "Waiting in the queue" not in row
+    scene = views.progress_html(_job(progress=JobProgress(phase="queued", scene=2, scenes=3)))
+    assert "Scene 2 of 3 · Waiting for the model (another job is using it)" in scene
+    # a job that really is in the queue still says so
+    queued = views.progress_html(_job(state="queued", progress=JobProgress(phase="queued")))
+    assert "Waiting in the queue" in queued and "Waiting for the model" not in queued
+
+
 def test_frames_and_sizes_follow_the_model_rules():
     wan, ltx = get_model("tiny-wan"), get_model("tiny-ltx")
     assert views.frames_for(wan, 2.0, 16) == 33 and views.frames_for(ltx, 1.0, 24) == 25

@@ -19,6 +19,9 @@ STATE_TEXT = {"queued": "queued", "running": "running", "succeeded": "done", "fa
 KIND_TEXT = {"text-to-video": "text → video", "image-to-video": "image → video", "story": "story",
              "photo-animation": "photo animation"}
 STEPPED = ("denoising", "rendering")  # phases with a step count: a determinate bar
+# A running job in phase "queued" was claimed by a worker but waits for a pipeline another job is using
+# (localvideo.runtime.recovery): it is not in the queue, so it must not say so.
+WAITING_FOR_MODEL = "Waiting for the model (another job is using it)"
 
 e = html.escape
 
@@ -63,6 +66,14 @@ def media_urls(job_id: str) -> tuple[str, str]:
     return f"/v1/jobs/{job_id}/video", f"/v1/jobs/{job_id}/thumbnail"
 
 
+def phase_text(job) -> str:
+    """What the job is doing now, in words (its progress phase; a running job's ``queued`` is a wait for the model)."""
+    phase = job.progress.phase
+    if phase == "queued" and job.state == "running":
+        return WAITING_FOR_MODEL
+    return PHASE_TEXT.get(phase, phase)
+
+
 def _bar(value: float, maximum: float, label: str, cls: str = "") -> str:
     maximum = max(maximum, 1e-9)
     pct = max(0.0, min(100.0, 100.0 * value / maximum))
@@ -89,7 +100,7 @@ def progress_html(job, error: str | None = None) -> str:
     phase = p.phase if p else ("done" if state == "succeeded" else "")
     if state in ("queued", "running") and p is not None:
         step, total = p.step, p.total
-        what = PHASE_TEXT.get(p.phase, p.phase)
+        what = phase_text(job)
         if p.scenes:
             what = f"Scene {p.scene} of {p.scenes} · {what}"
             rows.append(_bar((p.scene or 1) - 1 + (step / total if total and p.phase in STEPPED else 0),
@@ -164,7 +175,7 @@ def history_html(jobs: list, total: int, selected: str | None = None) -> str:
             img = f'<div class="lv-thumb lv-nothumb">{e(STATE_TEXT[j.state])}</div>'
         p = j.progress
         if j.state == "running" and p is not None:
-            extra = PHASE_TEXT.get(p.phase, p.phase) + (f" {p.step}/{p.total}" if p.phase in STEPPED else "")
+            extra = phase_text(j) + (f" {p.step}/{p.total}" if p.phase in STEPPED else "")
         elif j.error is not None and j.state != "succeeded":
             extra = j.error.message
         else:

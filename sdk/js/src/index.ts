@@ -83,6 +83,8 @@ export interface Job {
   error: JobErrorInfo | null;
   cancel_requested: boolean;
   attempts: number;
+  /** What the service changed about the job, e.g. a request stored by an older localvideo migrated on retry. */
+  notes: string[];
   created_at: string;
   started_at: string | null;
   finished_at: string | null;

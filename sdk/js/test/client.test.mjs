@@ -37,6 +37,7 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   const job = await lv.submit({ prompt: "a paper plane over a city", seed: 4, ...FAST });
   assert.equal(job.state, "queued");
   assert.equal(job.request.seed, 4);
+  assert.deepEqual(job.notes, [], "a new job has no notes");
   const seen = [];
   const done = await lv.wait(job.id, { onProgress: (j) => seen.push(j), timeoutMs: 120_000 });
   assert.equal(done.state, "succeeded");

@@ -182,6 +182,11 @@ class ModelSpec:
         return 4 * self.hidden_dim
 
     @property
+    def traced_activations(self) -> dict | None:
+        """Activation coefficients traced from the real architecture (``activations.json``), or None."""
+        return None if self.tiny else _activations().get("models", {}).get(self.id)
+
+    @property
     def num_layers(self) -> int:
         cfg = self.transformer_config
         return int(cfg.get("num_layers", 2)) + int(cfg.get("num_single_layers", 0))
@@ -246,6 +251,13 @@ STEP_CACHE_DEFAULTS: dict[str, dict[str, dict]] = {
 @lru_cache(maxsize=1)
 def _params() -> dict:
     return json.loads((CONFIGS_DIR / "params.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _activations() -> dict:
+    """Written by ``python bench/memtrace.py --fit ...``: activation memory traced on the meta device."""
+    path = CONFIGS_DIR / "activations.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 @lru_cache(maxsize=None)

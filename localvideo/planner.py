@@ -4,15 +4,21 @@ It snaps frames and sizes to the model's rules (and says what it changed), estim
 strategy from parameter counts × dtype plus activations from the latent token count, picks the fastest strategy
 that fits, and refuses with a reason and a suggestion when nothing does.
 
-The memory model (all figures in bytes; coefficients are deliberately simple and calibrated on GPUs by
-``bench/gpu.py`` when one is available):
+The memory model (all figures in bytes):
 
 - weights: Σ params(component) × bytes(dtype(component))
-- transformer activations: cfg_batch × tokens × (ACT_HIDDEN × hidden + ACT_FFN × ffn) × bytes(dtype)
-  (memory-efficient attention: no tokens² attention matrix)
-- VAE decode activations: frames decoded at once × H × W × decoder_channels × bytes(vae) × VAE_K,
-  or one tile (TILE_PIXELS, TILE_FRAMES) when tiling is on
-- GPU overhead: CUDA context and allocator slack (GPU_OVERHEAD)
+- activations (``activations()``), for the catalog's real models from coefficients traced on the meta device by
+  ``bench/memtrace.py`` (the real architectures at full size, flash-attention memory model; stored in
+  ``model_configs/activations.json``) × ACT_MARGIN:
+  - transformer: video tokens × traced bytes per token (one pipeline call, CFG batch included)
+  - VAE encode (image-to-video pipelines that encode a conditioning video): pixels × (a + b × frames)
+  - VAE decode: pixels × (a + b × frames) — one latent chunk's working set plus the decoded video
+  - tiled VAE decode: max(tile working set + c × pixels × frames, d × pixels × frames)
+  Models without traced coefficients (the tiny ones) use the generic formula: cfg_batch × tokens × (ACT_HIDDEN ×
+  hidden + ACT_FFN × ffn) × bytes(dtype), and frames decoded at once × H × W × decoder_channels × bytes(vae) ×
+  VAE_K (one tile of TILE_PIXELS × TILE_FRAMES when tiling).
+- GPU overhead: CUDA context, kernel workspaces and allocator slack (GPU_OVERHEAD) — the part the meta trace
+  cannot see; ``bench/gpu.py`` measures it on a GPU.
 - quantized transformer (``quantization``): fp8 storage / int8 weight-only keep 1 byte per parameter for the
   linear layers and QUANT_KEEP_FRACTION of the parameters (embedders, norms, modulation tables: ≈ 0.1–2 % in the
   real configs) in the compute dtype; a GGUF transformer takes its file size (the tensors stay quantized in memory
@@ -30,7 +36,8 @@ from .errors import DoesNotFit, InvalidRequest
 from .hardware import GB, Hardware
 from .request import GenerationRequest
 
-ACT_HIDDEN = 8
+ACT_MARGIN = 1.05  # over the traced peak of live tensors (allocator rounding; see bench/memtrace.py)
+ACT_HIDDEN = 8  # generic formula, for models without traced coefficients (the tiny ones)
 ACT_FFN = 2
 VAE_K = 6
 TILE_PIXELS = 256 * 256 * 2  # a tile plus its overlap/blend region
@@ -138,10 +145,12 @@ class MemoryEstimate:
     denoise_device_bytes: int = 0  # while the transformer runs
     decode_device_bytes: int = 0  # while the VAE decodes
     quantization: str = "none"  # how the transformer is stored (none | fp8 | int8 | gguf)
+    encode_device_bytes: int = 0  # while the VAE encodes the conditioning image/video (image-to-video models)
+    vae_encode_activation_bytes: int = 0
 
     def phase_bytes(self, phase: str) -> int:
-        return {"load": self.load_device_bytes, "text": self.text_device_bytes, "denoise": self.denoise_device_bytes,
-                "decode": self.decode_device_bytes}[phase]
+        return {"load": self.load_device_bytes, "text": self.text_device_bytes, "encode": self.encode_device_bytes,
+                "denoise": self.denoise_device_bytes, "decode": self.decode_device_bytes}[phase]
 
     def to_dict(self) -> dict:
         return {k: (round(v / GB, 2) if k.endswith("bytes") else v) for k, v in asdict(self).items()} | {
@@ -274,14 +283,43 @@ def snap_frames(spec: ModelSpec, frames: int) -> int:
 
 # -- memory -----------------------------------------------------------------------------------------------------
 
-def _act_bytes(spec: ModelSpec, compute_dtype: str) -> int:
-    return DTYPE_BYTES[compute_dtype]
+def activations(spec: ModelSpec, width: int, height: int, frames: int, dtype: str, vae_dtype: str,
+                vae_tiling: bool) -> tuple[int, int, int]:
+    """(transformer, VAE encode, VAE decode) activation bytes for one run.
+
+    Models traced by ``bench/memtrace.py`` (``spec.traced_activations``) use their traced coefficients × ACT_MARGIN,
+    scaled when the run's dtype differs from the traced one; other models (tiny ones) use the generic formula.
+    """
+    geo = spec.geometry
+    pixels = width * height
+    tokens = geo.video_tokens(frames, height, width) + geo.text_tokens_joint
+    dit = geo.cfg_batch * tokens * (ACT_HIDDEN * spec.hidden_dim + ACT_FFN * spec.ffn_dim) * DTYPE_BYTES[dtype]
+    chunk = geo.vae_decode_chunk_frames or frames
+    if vae_tiling:
+        px, chunk = min(pixels, TILE_PIXELS), min(chunk, TILE_FRAMES)
+    else:
+        px = pixels
+    dec = min(chunk, frames) * px * geo.vae_decoder_channels * DTYPE_BYTES[vae_dtype] * VAE_K
+    enc = 0.0
+    t = spec.traced_activations
+    if t:
+        scale = DTYPE_BYTES[dtype] / DTYPE_BYTES[t["dtype"]]
+        vscale = DTYPE_BYTES[vae_dtype] / DTYPE_BYTES[t["vae_dtype"]]
+        dit = geo.video_tokens(frames, height, width) * t["transformer_bytes_per_token"] * scale * ACT_MARGIN
+        if t.get("encode"):
+            e = t["encode"]
+            enc = pixels * (e["per_pixel"] + e["per_pixel_frame"] * frames) * vscale * ACT_MARGIN
+        d = t.get("tiled" if vae_tiling else "decode")
+        if d:
+            pf = pixels * frames
+            dec = max(d["base"] + d["per_pixel"] * pixels + d["per_pixel_frame"] * pf,
+                      d.get("end_per_pixel_frame", 0) * pf) * vscale * ACT_MARGIN
+    return int(dit), int(enc), int(dec)
 
 
 def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strategy: str, vae_tiling: bool,
                     compute_dtype: str | None = None, on_cpu: bool = False, quantization: str = "none",
                     gguf_path: str | None = None) -> MemoryEstimate:
-    geo = spec.geometry
     dtype = compute_dtype or spec.dtype
     params = spec.component_params
 
@@ -295,16 +333,9 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
     if quantization != "none" and "transformer" in w:
         w["transformer"] = quantized_transformer_bytes(params["transformer"], w["transformer"], quantization, gguf_path)
     total_w = sum(w.values())
-    tokens = geo.video_tokens(frames, height, width) + geo.text_tokens_joint
-    dit_act = geo.cfg_batch * tokens * (ACT_HIDDEN * spec.hidden_dim + ACT_FFN * spec.ffn_dim) * _act_bytes(spec, dtype)
-    vae_dtype_bytes = DTYPE_BYTES[spec.component_dtype("vae") if compute_dtype is None else
-                                  ("float32" if spec.component_dtypes.get("vae") == "float32" else compute_dtype)]
-    chunk = geo.vae_decode_chunk_frames or frames
-    if vae_tiling:
-        pixels, chunk = min(width * height, TILE_PIXELS), min(chunk, TILE_FRAMES)
-    else:
-        pixels = width * height
-    vae_act = min(chunk, frames) * pixels * geo.vae_decoder_channels * vae_dtype_bytes * VAE_K
+    vae_dtype = spec.component_dtype("vae") if compute_dtype is None else (
+        "float32" if spec.component_dtypes.get("vae") == "float32" else compute_dtype)
+    dit_act, enc_act, vae_act = activations(spec, width, height, frames, dtype, vae_dtype, vae_tiling)
     te_act = 0 if spec.tiny else TEXT_ACT_BYTES
     encoders = [c for c in w if c.startswith("text_encoder") or c == "image_encoder"]
     w_te = sum(w[c] for c in encoders)
@@ -317,37 +348,43 @@ def estimate_memory(spec: ModelSpec, width: int, height: int, frames: int, strat
     if strategy == "resident":
         load = total_w
         text, denoise, decode = total_w + te_act, total_w + dit_act, total_w + vae_act
+        encode = total_w + enc_act
     elif strategy == "model_offload":  # one component at a time
         load = 0
         text, denoise, decode = w_te + te_act, w_tr + dit_act, w_vae + vae_act
+        encode = w_vae + enc_act
     elif strategy in ("group_offload", "group_offload_leaf"):
         # block level: ~3 blocks in flight (current + prefetch) plus non-block layers; leaf level: a few layers
         frac = min(1.0, 3 / layers + 0.03) if strategy == "group_offload" else min(1.0, 1 / (2 * layers) + 0.01)
         te_frac = min(1.0, 3 / 24 + 0.03) if strategy == "group_offload" else 0.03
         load = w_vae  # the VAE stays resident
         text, denoise, decode = w_vae + w_te * te_frac + te_act, w_vae + w_tr * frac + dit_act, w_vae + vae_act
+        encode = w_vae + enc_act
     elif strategy == "sequential_offload":
         frac = min(1.0, 1 / (4 * layers))
         load = 0
         text, denoise, decode = w_te * frac + te_act, w_tr * frac + dit_act, w_vae * 0.25 + vae_act
+        encode = w_vae * 0.25 + enc_act
     else:
         raise InvalidRequest(f"Unknown memory strategy '{strategy}'.",
                              hint=f"Use one of: auto, {', '.join(GPU_STRATEGIES)}.")
     if on_cpu:  # one memory: everything lives in RAM whatever the strategy
         host = total_w + HOST_OVERHEAD
         load, text, denoise, decode = host, host + te_act, host + dit_act, host + vae_act
-        device = max(text, denoise, decode)
+        encode = host + enc_act
+        device = max(text, encode, denoise, decode)
         host = device
     else:
-        load, text, denoise, decode = (x + overhead for x in (load, text, denoise, decode))
-        device = max(load, text, denoise, decode)
+        load, text, encode, denoise, decode = (x + overhead for x in (load, text, encode, denoise, decode))
+        device = max(load, text, encode, denoise, decode)
         host = (max(w.values(), default=0) + HOST_OVERHEAD) if strategy == "resident" else total_w + HOST_OVERHEAD
     if quantization in ("fp8", "int8"):  # loaded at full precision, then cast/quantized: a RAM peak while loading
         load_peak = total_w - w["transformer"] + full_transformer + HOST_OVERHEAD
         host = max(host, load_peak)
         device = max(device, load_peak) if on_cpu else device
     return MemoryEstimate(strategy, vae_tiling, int(device), int(host), int(total_w), int(dit_act), int(vae_act),
-                          int(load), int(text), int(denoise), int(decode), quantization=quantization)
+                          int(load), int(text), int(denoise), int(decode), quantization=quantization,
+                          encode_device_bytes=int(encode), vae_encode_activation_bytes=int(enc_act))
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .catalog import ModelSpec, get_model
@@ -142,22 +143,28 @@ def build_metadata(plan: Plan, spec: ModelSpec, timings: dict | None = None) -> 
     }
 
 
-def generate(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
-             on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
-             guard=None, keep_latents: bool = False, **fields) -> GenerationResult:
-    """Generate one video and return where it is and how it was made.
+@dataclass
+class Rendered:
+    """A generation run up to its frames, before anything is encoded (see :func:`render`)."""
 
-    ``fields`` are :class:`GenerationRequest` fields (``model``, ``width``, ``height``, ``num_frames``, ``fps``,
-    ``steps``, ``guidance``, ``seed``, ``negative_prompt``, ``output``, ``strategy``, ``vae_tiling``).
-    ``on_progress`` receives :class:`~localvideo.runtime.runner.Progress` events; ``cancel`` is a
-    ``threading.Event`` or a callable returning True to stop (raises :class:`~localvideo.errors.Cancelled`).
-    The prompt is first expanded for the model's family (``expand_prompt``) or rewritten by a local LLM
-    (``enhance``); pass ``prompt_info`` (from :func:`localvideo.prompts.prepare_prompt`) when that was done already.
-    The metadata records ``original_prompt``, ``prompt_source`` (engine | llm | as-typed) and the hints.
-    Out-of-memory errors walk down the ladder in :mod:`localvideo.runtime.recovery`; the rungs taken are in
-    ``result.plan.degraded`` and the metadata. Latents are saved before decode and removed after a written MP4
-    (kept with ``keep_latents=True``, or when decoding fails so that ``localvideo decode`` can finish the run).
-    """
+    frames: Any  # np.ndarray (F, H, W, 3) float32 in [0, 1], as the runner decoded them
+    plan: Plan  # the plan that produced them (OOM rungs in plan.degraded)
+    spec: ModelSpec
+    out_path: Path  # checked and writable; nothing written there yet
+    timings: dict  # load_s, denoise_s, decode_s
+    t_start: float
+    extra: dict  # for the metadata: prompt info, conditioning images, OOM attempts
+    cache_hit: bool
+    latents_file: Path  # the saved latents (removed by generate after a written MP4)
+
+
+def render(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
+           on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
+           guard=None, **fields) -> Rendered:
+    """Everything :func:`generate` does before encoding: prompt, plan, run (with the OOM ladder), decode.
+
+    The frames come back as the runner decoded them, so a caller that joins several runs (a story) can encode them
+    exactly once. The latents file is left for the caller (removed already on a cancel)."""
     from .media.encode import check_output_path
     from .runtime import latents as latents_io
     from .runtime import recovery, runner, store
@@ -205,12 +212,35 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
         raise
     timings = {"load_s": round(out.load_s, 3), "denoise_s": round(out.denoise_s, 3),
                "decode_s": round(out.decode_s, 3)}
-    result = record(out.frames, out.plan, spec, out_path, timings, t_start, on_progress=on_progress,
-                    extra={**prompt_info.metadata(), **image_info,
-                           **({"attempts": out.attempts, "ooms": out.ooms} if out.ooms else {})})
-    result.cache_hit = out.cache_hit
+    extra = {**prompt_info.metadata(), **image_info,
+             **({"attempts": out.attempts, "ooms": out.ooms} if out.ooms else {})}
+    return Rendered(frames=out.frames, plan=out.plan, spec=spec, out_path=out_path, timings=timings, t_start=t_start,
+                    extra=extra, cache_hit=out.cache_hit, latents_file=latents_file)
+
+
+def generate(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
+             on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
+             guard=None, keep_latents: bool = False, **fields) -> GenerationResult:
+    """Generate one video and return where it is and how it was made.
+
+    ``fields`` are :class:`GenerationRequest` fields (``model``, ``width``, ``height``, ``num_frames``, ``fps``,
+    ``steps``, ``guidance``, ``seed``, ``negative_prompt``, ``output``, ``strategy``, ``vae_tiling``).
+    ``on_progress`` receives :class:`~localvideo.runtime.runner.Progress` events; ``cancel`` is a
+    ``threading.Event`` or a callable returning True to stop (raises :class:`~localvideo.errors.Cancelled`).
+    The prompt is first expanded for the model's family (``expand_prompt``) or rewritten by a local LLM
+    (``enhance``); pass ``prompt_info`` (from :func:`localvideo.prompts.prepare_prompt`) when that was done already.
+    The metadata records ``original_prompt``, ``prompt_source`` (engine | llm | as-typed) and the hints.
+    Out-of-memory errors walk down the ladder in :mod:`localvideo.runtime.recovery`; the rungs taken are in
+    ``result.plan.degraded`` and the metadata. Latents are saved before decode and removed after a written MP4
+    (kept with ``keep_latents=True``, or when decoding fails so that ``localvideo decode`` can finish the run).
+    """
+    r = render(prompt, request=request, hardware=hardware, on_progress=on_progress, cancel=cancel, cache=cache,
+               settings=settings, prompt_info=prompt_info, guard=guard, **fields)
+    result = record(r.frames, r.plan, r.spec, r.out_path, r.timings, r.t_start, on_progress=on_progress,
+                    extra=r.extra)
+    result.cache_hit = r.cache_hit
     if not keep_latents:
-        latents_file.unlink(missing_ok=True)
+        r.latents_file.unlink(missing_ok=True)
     return result
 
 

@@ -4,23 +4,29 @@ For each scene the duration becomes a frame count at the story's frame rate, sna
 (``[4s]`` at 16 fps → 64 → 65 for a 4k+1 model; a scene longer than the model's clip limit is an error naming the
 scene). Scene ``k`` (0-based) uses seed ``base + k``.
 
-Continuity: when it is on (the default whenever the model does image-to-video), the last frame of scene ``k``'s
-segment is saved as a PNG and conditions scene ``k + 1`` (its ``image``); the first scene is text-to-video (or
-image-to-video from ``image``). An image-conditioned segment starts with (the model's rendering of) that seed frame,
-a copy of the frame just shown, so that first frame is dropped when joining. A scene marked ``[cut]``, and every
-scene when continuity is off, starts fresh from text: a hard cut, or a crossfade when ``crossfade_s`` > 0.
+Continuity: when it is on (the default whenever the model does image-to-video), the last frame of scene ``k`` (as
+the runner decoded it, never an encoded copy) is saved as a PNG and conditions scene ``k + 1`` (its ``image``); the
+first scene is text-to-video (or image-to-video from ``image``). An image-conditioned segment starts with (the
+model's rendering of) that seed frame, a copy of the frame just shown, so that first frame is dropped when joining.
+A scene marked ``[cut]``, and every scene when continuity is off, starts fresh from text: a hard cut, or a crossfade
+when ``crossfade_s`` > 0.
 
 Frame count of the story (``F_k`` frames generated for scene k, ``C`` continued boundaries, ``H`` hard-cut boundaries,
 ``N = round(crossfade_s × fps)`` crossfade frames, applied only at hard cuts)::
 
     total = Σ F_k − C − H × N
 
-Segments are encoded to a work folder next to the output (``.<name>.segments.partial-<pid>/``), decoded again one
-frame at a time and joined by :func:`localvideo.media.concat.join` (one more H.264 pass: each frame is encoded twice
-at CRF 18). The folder is removed after the join, or kept as ``<name>.segments/`` with ``keep_segments=True``; a
-cancel or failure removes it and leaves no MP4. Metadata (MP4 tag ``localvideo`` and the JSON sidecar) has
-``kind: "story"``, the script and, per scene, prompt / expanded prompt / seed / frames / start and end frame / start
-time / transition / the conditioning frame's hashes.
+Each scene's frames are kept losslessly, as the runner decoded them: uint8 ``scene-NNN.npy`` in a work folder next
+to the output (``.<name>.segments.partial-<pid>/``), on disk rather than in memory so that memory holds one scene at
+a time however long the story (720p: about 2.8 MB a frame, 225 MB for an 81-frame scene). They are joined by
+:func:`localvideo.media.concat.join` (drops, crossfades), so every frame of the story is encoded exactly once, at
+CRF 18, by the project's one encoder. With ``keep_segments=True`` each scene is also encoded, from the same frames,
+to its own ``scene-NNN.mp4`` (with its JSON sidecar), and the folder is kept as ``<name>.segments/`` (segments,
+sidecars and conditioning PNGs; the ``.npy`` frames are always removed); the joined video is never made from those
+MP4s. Otherwise the folder is removed after the join; a cancel or failure removes it and leaves no MP4.
+
+Metadata (MP4 tag ``localvideo`` and the JSON sidecar) has ``kind: "story"``, the script and, per scene, prompt /
+expanded prompt / seed / frames / start and end frame / start time / transition / the conditioning frame's hashes.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .catalog import ModelSpec, get_model
-from .errors import Cancelled, InvalidRequest, LocalVideoError
+from .errors import Cancelled, InvalidRequest, LocalVideoError, OutputError
 from .hardware import Hardware
 from .prompts.scenes import MAX_SCRIPT_CHARS, Scene, ShotList, parse_script, scenes_to_script
 from .settings import Settings, get_settings
@@ -57,7 +63,7 @@ class StoryProgress:
 
     scene: int
     scenes: int
-    phase: str  # loading | denoising | decoding | encoding (a segment) | joining | done
+    phase: str  # loading | denoising | decoding | encoding (keeping a scene: frames, MP4 if kept) | joining | done
     step: int = 0
     total: int = 0
     elapsed_s: float = 0.0
@@ -347,7 +353,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     ``on_progress`` receives :class:`StoryProgress`; ``cancel`` (Event or callable) raises
     :class:`~localvideo.errors.Cancelled` between or within scenes, leaving no MP4 and no segments.
     """
-    from .generation import generate
+    from .generation import build_metadata, record, render
     from .media import concat
     from .media.encode import write_sidecar
 
@@ -393,29 +399,47 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
             if size is not None:
                 fields.update(width=size[0], height=size[1])
             t_scene = time.perf_counter()
-            r = generate(scene.prompt, hardware=hardware, on_progress=forward, cancel=cancel, cache=cache,
-                         settings=settings, **fields)
+            rendered = render(scene.prompt, hardware=hardware, on_progress=forward, cancel=cancel, cache=cache,
+                              settings=settings, **fields)
+            plan = rendered.plan
+            try:
+                emit(StoryProgress(k + 1, len(scenes), "encoding", plan.steps, plan.steps,
+                                   time.perf_counter() - t_start, None))
+                # the runner's frames, kept losslessly on disk (uint8, exactly what the encoder would be fed): the
+                # joined video is encoded once from these, and memory holds one scene at a time however long
+                kept_frames = _keep_frames(rendered.frames, work / f"scene-{k + 1:03d}.npy", k)
+                rendered.frames = None
+                n_frames = int(kept_frames.shape[0])
+                if keep_segments:  # the scene's own MP4 and sidecar, encoded once from the same frames
+                    seg = record(kept_frames, plan, rendered.spec, rendered.out_path, rendered.timings,
+                                 rendered.t_start, extra=rendered.extra)
+                    meta, scene_timings = seg.metadata, dict(seg.timings)
+                else:
+                    scene_timings = dict(rendered.timings, total_s=round(time.perf_counter() - rendered.t_start, 3))
+                    meta = build_metadata(plan, rendered.spec, scene_timings) | rendered.extra
+            finally:
+                rendered.latents_file.unlink(missing_ok=True)
             if size is None or None in size:
-                size = (r.plan.width, r.plan.height)  # every later scene at the first one's size
-            meta = r.metadata
+                size = (plan.width, plan.height)  # every later scene at the first one's size
             segment_meta.append(meta)
-            warnings += [w for w in r.warnings if w not in warnings]
+            warnings += [w for w in plan.warnings if w not in warnings]
             res = SceneResult(
                 index=k, line=scene.line, text=scene.text, prompt=scene.prompt, expanded_prompt=meta["prompt"],
-                negative_prompt=meta.get("negative_prompt") or "", seed=r.plan.seed, duration_s=scene.duration_s,
-                frames_requested=planned[k], frames=r.frames, kept=r.frames - (1 if continued else 0),
-                transition=transitions[k], task=r.plan.task, notes=list(r.plan.notes),
-                degraded=list(r.plan.degraded), timings=dict(r.timings))
+                negative_prompt=meta.get("negative_prompt") or "", seed=plan.seed, duration_s=scene.duration_s,
+                frames_requested=planned[k], frames=n_frames, kept=n_frames - (1 if continued else 0),
+                transition=transitions[k], task=plan.task, notes=list(plan.notes),
+                degraded=list(plan.degraded), timings=scene_timings)
             if use_image is not None:
                 res.conditioning = dict(seed_info or {}) | {"input_image": meta.get("input_image")}
                 if k == 0:
                     res.conditioning["from"] = "image"
             results.append(res)
             if k + 1 < len(scenes) and transitions[k + 1] == "continued":
-                seed_image, seed_info = _save_last_frame(r.path, work / f"scene-{k + 1:03d}-last.png", k)
-            if r.frames != planned[k]:
-                warnings.append(f"scene {k + 1} came back with {r.frames} frames instead of {planned[k]}")
-            log.info("story scene %d/%d: %d frames in %.1f s", k + 1, len(scenes), r.frames,
+                seed_image, seed_info = _save_last_frame(kept_frames, work / f"scene-{k + 1:03d}-last.png", k)
+            del kept_frames
+            if n_frames != planned[k]:
+                warnings.append(f"scene {k + 1} came back with {n_frames} frames instead of {planned[k]}")
+            log.info("story scene %d/%d: %d frames in %.1f s", k + 1, len(scenes), n_frames,
                      time.perf_counter() - t_scene)
 
         if _is_cancelled(cancel):
@@ -425,7 +449,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
         pieces, pos = [], 0
         for r in results:
             n_in = crossfade if r.transition == "crossfade" else 0
-            pieces.append(concat.Piece(work / f"scene-{r.index + 1:03d}.mp4",
+            pieces.append(concat.Piece(work / f"scene-{r.index + 1:03d}.npy",
                                        drop_first=1 if r.transition == "continued" else 0, crossfade_in=n_in))
             r.start_frame = pos - n_in
             r.end_frame = r.start_frame + r.kept
@@ -455,6 +479,8 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     metadata["join_notes"] = notes
     metadata["file"] = {"path": str(enc.path), "bytes": enc.bytes, "frames": enc.frames, "width": enc.width,
                         "height": enc.height, "padded": enc.padded}
+    for f in work.glob("scene-*.npy"):  # the lossless frames were only for the join
+        f.unlink(missing_ok=True)
     segments_dir = None
     if keep_segments:
         segments_dir = _free_folder(out_path.parent / f"{out_path.stem}{SEGMENTS_SUFFIX}")
@@ -490,22 +516,30 @@ def _check_crossfades(frames: list[int], transitions: list[str], crossfade: int,
                 hint="Use a shorter --crossfade or longer scenes.", scene=k + 1)
 
 
-def _save_last_frame(segment: Path, dest: Path, k: int) -> tuple[Path, dict]:
-    """The segment's last decoded frame as a lossless PNG (the next scene's conditioning image) and its hashes."""
+def _keep_frames(frames, dest: Path, k: int):
+    """A scene's frames as uint8 in ``dest`` (.npy), returned memory-mapped; a full disk is an OutputError."""
+    from .media.concat import save_frames
+
+    try:
+        return save_frames(frames, dest)
+    except OSError as e:
+        raise OutputError(f"Could not keep scene {k + 1}'s frames in {dest.parent} ({e.strerror or e}); a story keeps "
+                          "each scene's frames uncompressed there until the final video is encoded.",
+                          hint="Free some disk space, or choose another --output folder.",
+                          path=str(dest.parent)) from e
+
+
+def _save_last_frame(frames, dest: Path, k: int) -> tuple[Path, dict]:
+    """The scene's last frame (lossless, as the runner decoded it) as a PNG (the next scene's conditioning image)
+    and its hashes."""
     import numpy as np
     from PIL import Image
 
-    from .media.concat import iter_frames
-
-    last = None
-    count = 0
-    for f in iter_frames(segment):
-        last, count = f, count + 1
-    if last is None:
-        raise InvalidRequest(f"Scene {k + 1}'s segment has no frames to continue from.")
-    last = np.ascontiguousarray(last)
+    if len(frames) == 0:
+        raise InvalidRequest(f"Scene {k + 1} has no frames to continue from.")
+    last = np.ascontiguousarray(frames[-1])
     Image.fromarray(last).save(dest, format="PNG")
-    info = {"from_scene": k + 1, "from_frame": count - 1, "image": dest.name,
+    info = {"from_scene": k + 1, "from_frame": len(frames) - 1, "image": dest.name,
             "file_sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
             "pixels_sha256": hashlib.sha256(last.tobytes()).hexdigest(), "width": last.shape[1],
             "height": last.shape[0]}

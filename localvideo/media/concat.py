@@ -1,6 +1,10 @@
 """Join video segments into one MP4, streaming: drop leading frames, linear crossfades, one encoder pass.
 
-Frames are decoded one at a time and written as they come; only a crossfade's tail (N frames) is held back until
+A segment is an MP4 (decoded: its frames have then been through H.264 once already, and the join encodes them a
+second time) or, losslessly, a ``.npy`` of uint8 frames (N, H, W, 3) written by :func:`save_frames`, read through a
+memory map: frames joined from those are encoded exactly once. Stories keep their scenes that way.
+
+Frames are read one at a time and written as they come; only a crossfade's tail (N frames) is held back until
 the next segment's first N frames arrive to blend with it. The output is written atomically by
 :class:`~localvideo.media.encode.VideoWriter`, so a failure or cancel leaves no file behind.
 
@@ -21,12 +25,12 @@ import av
 import numpy as np
 
 from ..errors import Cancelled, InvalidRequest
-from .encode import EncodeResult, VideoWriter
+from .encode import EncodeResult, VideoWriter, to_uint8
 
 
 @dataclass(frozen=True)
 class Piece:
-    path: Path
+    path: Path  # a video file, or a .npy of uint8 frames (lossless; see save_frames)
     drop_first: int = 0  # frames dropped from the start (e.g. an image-to-video segment's copy of its seed frame)
     crossfade_in: int = 0  # frames blended with the end of the previous piece
 
@@ -51,6 +55,49 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             yield frame.to_ndarray(format="rgb24")
 
 
+def save_frames(frames, path: str | os.PathLike) -> np.ndarray:
+    """Keep frames losslessly as a ``.npy`` of uint8 (N, H, W, 3), each converted exactly as the encoder would convert
+    it (:func:`~localvideo.media.encode.to_uint8`), one frame at a time (no second copy of a clip in memory).
+    Returns the saved frames, memory-mapped read-only. An ``OSError`` (e.g. a full disk) is the caller's to report;
+    the partial file is removed."""
+    arr = frames if hasattr(frames, "shape") else np.asarray(frames)
+    if arr.ndim == 5 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[0] == 0:
+        raise InvalidRequest(f"Frames to keep must be an array (N, H, W, 3) with N >= 1, got {tuple(arr.shape)}.")
+    path = Path(path)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": tuple(int(n) for n in arr.shape)}
+    try:  # plain writes, not a writable memory map: a full disk is then an OSError, not a SIGBUS
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for i in range(arr.shape[0]):
+                f.write(np.ascontiguousarray(to_uint8(np.asarray(arr[i]))).tobytes())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def piece_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """A segment's frames one at a time as (H, W, 3) uint8 RGB: a ``.npy`` from :func:`save_frames` (memory-mapped,
+    nothing decoded) or a video file (decoded)."""
+    p = Path(path)
+    if p.suffix.lower() != ".npy":
+        yield from iter_frames(p)
+        return
+    if not p.is_file():
+        raise InvalidRequest(f"There are no saved frames at {p}.", path=str(p))
+    arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    try:
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+            raise InvalidRequest(f"{p.name} does not hold uint8 frames (N, H, W, 3): {arr.dtype} {arr.shape}.")
+        for i in range(arr.shape[0]):
+            yield np.array(arr[i])  # a copy: nothing keeps the map open once the piece is done
+    finally:
+        del arr
+
+
 def blend(a: np.ndarray, b: np.ndarray, weight: float) -> np.ndarray:
     """``(1 − weight)·a + weight·b`` for uint8 frames, rounded."""
     out = a.astype(np.float32) * (1.0 - weight) + b.astype(np.float32) * weight
@@ -62,8 +109,10 @@ def join(pieces: list[Piece], out_path: str | os.PathLike, fps: float, *, metada
          preset: str = "medium") -> tuple[EncodeResult, list[Span], list[str]]:
     """Join ``pieces`` into ``out_path``. Returns (what was written, one span per piece, notes).
 
-    A piece whose frames differ in size from the first piece's is resized (Lanczos) to match, with a note. A piece
-    with fewer frames than its crossfades need is an :class:`InvalidRequest`; ``cancel()`` returning True raises
+    Each piece is a video file or a ``.npy`` of uint8 frames (:func:`save_frames`); the frames are encoded here by
+    the project's one encoder, so pieces kept as ``.npy`` reach the output through exactly one H.264 encode. A piece
+    whose frames differ in size from the first piece's is resized (Lanczos) to match, with a note. A piece with
+    fewer frames than its crossfades need is an :class:`InvalidRequest`; ``cancel()`` returning True raises
     :class:`Cancelled` (checked every frame); in both cases nothing is written.
     """
     if not pieces:
@@ -82,7 +131,7 @@ def join(pieces: list[Piece], out_path: str | os.PathLike, fps: float, *, metada
             tail: deque[np.ndarray] = deque()
             decoded = kept = 0
             resized = False
-            for frame in iter_frames(piece.path):
+            for frame in piece_frames(piece.path):
                 if cancel is not None and cancel():
                     raise Cancelled("Joining the story was cancelled; no video was written.")
                 decoded += 1

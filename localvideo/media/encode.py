@@ -77,8 +77,9 @@ def _exact_rate(fps: float) -> Fraction:
     return (fps if isinstance(fps, Fraction) else Fraction(float(fps))).limit_denominator(1001)
 
 
-def _to_uint8(frame: np.ndarray) -> np.ndarray:
-    """uint8 passes through; floats in [0, 1] become round(x*255) clipped to 0..255."""
+def to_uint8(frame: np.ndarray) -> np.ndarray:
+    """uint8 passes through; floats in [0, 1] become round(x*255) clipped to 0..255 (exactly what the encoder is fed,
+    so frames kept as uint8 lose nothing before their one encode)."""
     if frame.dtype == np.uint8:
         return frame
     if np.issubdtype(frame.dtype, np.floating):
@@ -156,7 +157,7 @@ class VideoWriter:
         elif (h, w) != self._shape:
             raise InvalidRequest(f"All frames must have the same size: frame {self._count} is {w}x{h}, "
                                  f"but the first frame was {self._shape[1]}x{self._shape[0]}.")
-        arr = _to_uint8(arr)
+        arr = to_uint8(arr)
         if h % 2 or w % 2:
             arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         try:

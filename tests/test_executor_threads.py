@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import _helpers
 import numpy as np
 import pytest
 
@@ -32,13 +33,7 @@ def settings(lv_home, tmp_path) -> Settings:
 
 
 def wait_for(svc: JobService, job_id: str, pred, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = svc.get(job_id)
-        if pred(job):
-            return job
-        time.sleep(0.02)
-    raise TimeoutError(svc.get(job_id))
+    return _helpers.wait_for(svc, job_id, pred, timeout)
 
 
 def read_frames(path) -> np.ndarray:

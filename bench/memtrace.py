@@ -199,6 +199,7 @@ class Trace:
     denoise_est_gb: float | None = None
     transformer_gb: float | None = None  # the transformer's calls alone
     encode_gb: float | None = None  # the VAE encoder's calls alone (image-to-video conditioning)
+    encode_tiled_gb: float | None = None  # the same with VAE tiling on
     decode_gb: float | None = None
     decode_est_gb: float | None = None
     tiled_gb: float | None = None
@@ -210,6 +211,8 @@ class Trace:
         out = {}
         for phase in ("denoise", "decode", "tiled"):
             got, est = getattr(self, f"{phase}_gb"), getattr(self, f"{phase}_est_gb")
+            if phase == "denoise":  # the transformer's share (an I2V pipeline call also VAE-encodes its image)
+                got = self.transformer_gb or got
             if got and est:
                 out[phase] = est / got
         return out
@@ -318,6 +321,12 @@ def trace_model(spec, width: int, height: int, frames: int, size: str = "", deco
             row.denoise_gb = tracer.peak / GB
             row.transformer_gb = tracer.phases.get("transformer", 0) / GB
             row.encode_gb = tracer.phases.get("vae_encode", 0) / GB or None
+            if row.encode_gb and decode_phases:  # image-to-video: the conditioning encode again, tiled
+                pipe.vae.enable_tiling()
+                tracer.phases.pop("vae_encode")
+                pipe(**pipeline_kwargs(spec, width, height, frames))
+                row.encode_tiled_gb = tracer.phases.get("vae_encode", 0) / GB or None
+                pipe.vae.disable_tiling()
             for tiled in decode_phases:
                 if tiled:
                     pipe.vae.enable_tiling()
@@ -336,7 +345,7 @@ def trace_model(spec, width: int, height: int, frames: int, size: str = "", deco
 
 # -- report -----------------------------------------------------------------------------------------------------
 
-HEADER = ("| model | size | frames | tokens | denoise traced GB | planner GB | est/traced | decode traced GB | planner GB "
+HEADER = ("| model | size | frames | tokens | transformer traced GB | planner GB | est/traced | decode traced GB | planner GB "
           "| est/traced | tiled decode traced GB | planner GB | est/traced | note |")
 
 
@@ -346,7 +355,8 @@ def _f(v, spec=".2f") -> str:
 
 def table_row(r: Trace) -> str:
     q = r.ratios()
-    return (f"| {r.model} | {r.size} {r.width}x{r.height} | {r.frames} | {r.tokens} | {_f(r.denoise_gb)} | "
+    return (f"| {r.model} | {r.size} {r.width}x{r.height} | {r.frames} | {r.tokens} | "
+            f"{_f(r.transformer_gb or r.denoise_gb)} | "
             f"{_f(r.denoise_est_gb)} | {_f(q.get('denoise'))} | {_f(r.decode_gb)} | {_f(r.decode_est_gb)} | "
             f"{_f(q.get('decode'))} | {_f(r.tiled_gb)} | {_f(r.tiled_est_gb)} | {_f(q.get('tiled'))} | {r.note} |")
 
@@ -415,7 +425,7 @@ def fit(rows: list[dict]) -> dict:
         entry = {"dtype": spec.dtype, "vae_dtype": spec.component_dtype("vae"),
                  "transformer_bytes_per_token": int(max(r["transformer_gb"] * GB / r["tokens"] for r in rs
                                                         if r.get("transformer_gb")))}
-        for key, name in (("encode_gb", "encode"), ("decode_gb", "decode")):
+        for key, name in (("encode_gb", "encode"), ("encode_tiled_gb", "encode_tiled"), ("decode_gb", "decode")):
             pts = [r for r in rs if r.get(key)]
             if not pts:
                 continue
@@ -436,7 +446,8 @@ def fit(rows: list[dict]) -> dict:
             entry["tiled"] = cover({"base": base, "per_pixel": 0, "per_pixel_frame": slope,
                                     "end_per_pixel_frame": end}, tiled, "tiled_gb")
         entry["points"] = [{k: r[k] for k in ("size", "width", "height", "frames", "tokens", "transformer_gb",
-                                              "encode_gb", "decode_gb", "tiled_gb") if r.get(k) is not None}
+                                              "encode_gb", "encode_tiled_gb", "decode_gb", "tiled_gb")
+                            if r.get(k) is not None}
                            for r in rs]
         out[model] = entry
     # models with the same VAE (identical config) share its encode/decode coefficients: traced once
@@ -475,6 +486,7 @@ def compare(rows: list[dict]) -> list[tuple[str, float]]:
         name = f"{r['model']} {r['width']}x{r['height']}x{r['frames']}"
         pairs = (("transformer", r.get("transformer_gb"), est.transformer_activation_bytes),
                  ("encode", r.get("encode_gb"), est.vae_encode_activation_bytes),
+                 ("encode_tiled", r.get("encode_tiled_gb"), tiled.vae_encode_activation_bytes),
                  ("decode", r.get("decode_gb"), est.vae_activation_bytes),
                  ("tiled", r.get("tiled_gb"), tiled.vae_activation_bytes))
         out += [(f"{name} {phase}", e / (g * GB)) for phase, g, e in pairs if g]

@@ -11,7 +11,7 @@ The memory model (all figures in bytes):
   ``bench/memtrace.py`` (the real architectures at full size, flash-attention memory model; stored in
   ``model_configs/activations.json``) × ACT_MARGIN:
   - transformer: video tokens × traced bytes per token (one pipeline call, CFG batch included)
-  - VAE encode (image-to-video pipelines that encode a conditioning video): pixels × (a + b × frames)
+  - VAE encode (image-to-video pipelines that encode a conditioning video): pixels × (a + b × frames), tiled or not
   - VAE decode: pixels × (a + b × frames) — one latent chunk's working set plus the decoded video
   - tiled VAE decode: max(tile working set + c × pixels × frames, d × pixels × frames)
   Models without traced coefficients (the tiny ones) use the generic formula: cfg_batch × tokens × (ACT_HIDDEN ×
@@ -306,8 +306,8 @@ def activations(spec: ModelSpec, width: int, height: int, frames: int, dtype: st
         scale = DTYPE_BYTES[dtype] / DTYPE_BYTES[t["dtype"]]
         vscale = DTYPE_BYTES[vae_dtype] / DTYPE_BYTES[t["vae_dtype"]]
         dit = geo.video_tokens(frames, height, width) * t["transformer_bytes_per_token"] * scale * ACT_MARGIN
-        if t.get("encode"):
-            e = t["encode"]
+        e = t.get("encode_tiled" if vae_tiling and "encode_tiled" in t else "encode")
+        if e:
             enc = pixels * (e["per_pixel"] + e["per_pixel_frame"] * frames) * vscale * ACT_MARGIN
         d = t.get("tiled" if vae_tiling else "decode")
         if d:

@@ -70,7 +70,8 @@ def test_every_real_model_has_traced_coefficients_for_every_phase_it_runs():
         assert t, f"{spec.id}: no traced activations — run bench/memtrace.py and --fit (see its docstring)"
         assert t["transformer_bytes_per_token"] > 0
         assert {"decode", "tiled"} <= set(t), spec.id
-        assert ("encode" in t) == ("ImageToVideo" in spec.pipeline), spec.id  # only I2V pipelines VAE-encode a video
+        i2v = "ImageToVideo" in spec.pipeline  # only I2V pipelines VAE-encode a conditioning video every run
+        assert ("encode" in t) == i2v and ("encode_tiled" in t) == i2v, spec.id
 
 
 def test_the_stored_coefficients_cover_every_traced_point_they_were_fitted_on():
@@ -95,5 +96,7 @@ def test_image_to_video_models_plan_for_the_vae_encoding_their_conditioning_vide
     # transformer needs at this length (≈ 1.0 GB) — a phase the planner used to miss
     assert wan_i2v.vae_encode_activation_bytes > 5 * 1024**3
     assert wan_i2v.peak_device_bytes >= wan_i2v.encode_device_bytes > wan_i2v.vae_encode_activation_bytes
+    tiled = estimate_memory(get_model("wan2.1-i2v-14b-480p"), 832, 480, 21, "model_offload", True)
+    assert tiled.vae_encode_activation_bytes < wan_i2v.vae_encode_activation_bytes / 5  # 0.87 GB traced, tiled
     t2v = estimate_memory(get_model("wan2.1-t2v-14b"), 832, 480, 21, "model_offload", False)
     assert t2v.vae_encode_activation_bytes == 0

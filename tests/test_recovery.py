@@ -95,6 +95,43 @@ def test_oom_while_decoding_retries_the_decode_only_with_tiling(tmp_path):
     assert np.array_equal(read_frames(r.path), read_frames(clean.path))
 
 
+class EncodeFitsOnlyTiled(runner.MemoryGuard):
+    """A GPU on which the VAE's encode of the conditioning image fits only tiled (as Wan 2.1 I2V at 480p on a small
+    card: ≈ 5.2 GB untiled, 0.9 GB tiled, traced by bench/memtrace.py)."""
+
+    def __init__(self):
+        self.log = []
+
+    def check(self, phase, plan, step=None):
+        self.log.append((phase, plan.vae_tiling))
+        if phase == "encode" and not plan.vae_tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated: the untiled encode of the conditioning image)")
+
+
+def test_oom_while_encoding_the_conditioning_image_retries_with_a_tiled_encode(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKLWan
+    from PIL import Image
+
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (320, 320, 3), dtype=np.uint8)).save(img)
+    monkeypatch.setattr(AutoencoderKLWan, "tiled_encode", AutoencoderKLWan.tiled_encode)  # restored after the test
+    tiled_encodes = _count_calls(AutoencoderKLWan, "tiled_encode")  # 320 px > the VAE's 256 px tile: it tiles
+    cache, guard = PipelineCache(8 * 10**9), EncodeFitsOnlyTiled()
+    kw = dict(model="tiny-wan", image=str(img), seed=5, steps=2, width=320, height=320, num_frames=5, hardware=CPU,
+              cache=cache)
+    r = localvideo.generate(PROMPT, output=str(tmp_path / "v.mp4"), guard=guard, **kw)
+    assert r.plan.vae_tiling
+    assert r.plan.degraded == ("VAE tiling on after OOM while VAE-encoding the conditioning image",)
+    assert [g for g in guard.log if g[0] == "encode"] == [("encode", False), ("encode", True)]
+    meta = json.loads(probe(r.path).tags["localvideo"])
+    assert meta["degraded"] == list(r.plan.degraded) and any(o.startswith("encode:") for o in meta["ooms"])
+    assert probe(r.path).frames == 5
+    assert len(tiled_encodes) == 1  # the first try failed before encoding; the retry encoded tiled
+    # the retry is exactly a run planned with tiling from the start
+    clean = localvideo.generate(PROMPT, output=str(tmp_path / "clean.mp4"), vae_tiling=True, **kw)
+    assert np.array_equal(read_frames(r.path), read_frames(clean.path))
+
+
 def test_oom_at_a_denoising_step_moves_to_group_offload_and_loses_nothing(tmp_path):
     spec = get_model("tiny-wan")
     p = _plan()

@@ -3,13 +3,14 @@
 The ladder: on a typed ``torch.OutOfMemoryError`` (never a substring match on a message), free memory and step
 down one rung at a time, with a bounded number of attempts:
 
-1. VAE tiling — for an OOM while decoding: the decode alone is retried, tiled, from the kept latents;
+1. VAE tiling — for an OOM while decoding: the decode alone is retried, tiled, from the kept latents; for an OOM
+   while the VAE encodes an image-to-video conditioning image/video: the run is retried with a tiled encode;
 2. a stronger offload — model → group (block) → group (leaf) → sequential (on a CPU-only machine: group
    block → group leaf);
 3. fewer frames (to ~60 %, on the model's frame rule: 81 → 49);
 4. a lower resolution (to ~75 % per side, on the model's size multiple).
 
-Rungs that cannot lower the failing phase are skipped (tiling does not help loading or denoising). Every rung
+Rungs that cannot lower the failing phase are skipped (tiling does not help loading or the transformer). Every rung
 taken is recorded in the plan (``plan.degraded``) and so in the MP4 tags and sidecar. Denoised latents are saved
 to disk before decoding; when decoding fails for good, the error names ``localvideo decode FILE`` to finish later.
 """
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 FRAME_FACTOR = 0.6
 SIZE_FACTOR = 0.75
-PHASE_WORDS = {"load": "loading", "denoise": "denoising", "decode": "decoding", "text": "encoding the prompt"}
+PHASE_WORDS = {"load": "loading", "denoise": "denoising", "decode": "decoding", "text": "encoding the prompt",
+               "encode": "VAE-encoding the conditioning image"}
 
 
 @dataclass
@@ -69,6 +71,8 @@ def next_rung(plan: Plan, spec: ModelSpec, phase: str) -> Plan | None:
     why = f"after OOM while {PHASE_WORDS.get(phase, phase)}"
     if phase == "decode" and not plan.vae_tiling:
         return replan(plan, spec, vae_tiling=True, degraded=f"VAE tiling on {why} (denoising kept)")
+    if phase == "encode" and not plan.vae_tiling:
+        return replan(plan, spec, vae_tiling=True, degraded=f"VAE tiling on {why}")
     order = CPU_STRATEGIES if plan.device == "cpu" else GPU_STRATEGIES
     if plan.strategy in order:
         later = order[order.index(plan.strategy) + 1:]
@@ -136,6 +140,7 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
                 return Outcome(frames, plan, load_s, den.denoise_s, time.perf_counter() - t, hit, attempts,
                                latents_path, ooms)
         except OOM as e:
+            phase = getattr(e, "localvideo_phase", phase)  # the VAE encoding an I2V conditioning image/video
             ooms.append(f"{phase}: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")
             log.warning("out of memory while %s (attempt %d): %s", PHASE_WORDS[phase], attempts, e)
         # Out of memory. The lease is handed back by now, and the exception (with its frames) is gone: drop this

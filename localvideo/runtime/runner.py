@@ -6,6 +6,8 @@ pipeline before VAE decode (setting ``pipe._interrupt`` would still decode).
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import threading
 import time
@@ -219,6 +221,40 @@ class Denoised:
     denoise_s: float
 
 
+@contextlib.contextmanager
+def _encode_phase(pipe, plan: Plan, guard: MemoryGuard | None):
+    """While the pipeline runs, its VAE's ``encode`` (image-to-video conditioning) is a phase of its own: the guard
+    checks it, and an out-of-memory error raised inside it carries ``localvideo_phase = "encode"`` so that recovery
+    tries VAE tiling first (a tiled encode needs a fraction of the memory). The pipeline is leased to this run
+    alone (see ``use_pipeline``), so wrapping its VAE for the call's duration is safe."""
+    import torch
+
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not callable(getattr(vae, "encode", None)):
+        yield
+        return
+    own = "encode" in vars(vae)
+    inner = vae.encode
+
+    def encode(*args, **kwargs):
+        try:
+            if guard is not None:
+                guard.check("encode", plan)
+            return inner(*args, **kwargs)
+        except torch.OutOfMemoryError as e:
+            e.localvideo_phase = "encode"
+            raise
+
+    vae.encode = encode
+    try:
+        yield
+    finally:
+        if own:
+            vae.encode = inner
+        else:
+            del vae.encode
+
+
 def denoise(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelCheck = None,
             guard: MemoryGuard | None = None, inputs: dict | None = None) -> Denoised:
     """Run the denoising loop and stop before the VAE: returns latents. Same plan (and seed) → same latents."""
@@ -249,7 +285,7 @@ def denoise(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: Can
     if _is_cancelled(cancel):
         raise Cancelled("Generation cancelled before it started; no video was written.")
     emit(Progress("denoising", 0, plan.steps, 0.0, None))
-    with torch.inference_mode():
+    with torch.inference_mode(), _encode_phase(pipe, plan, guard):
         out = pipe(generator=generator, callback_on_step_end=on_step_end,
                    callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     latents = out.frames

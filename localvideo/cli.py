@@ -268,6 +268,18 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     _console().print(e)
 
 
+def _gpu_memory(m) -> dict:
+    """What the planner estimates a GPU needs for the model's default clip, per strategy (pure: no GPU needed)."""
+    from .hardware import GB
+    from .planner import GPU_STRATEGIES, estimate_memory
+
+    d = m.defaults
+    strategies = {s: {k: round(estimate_memory(m, d.width, d.height, d.frames, s, tiled).peak_device_bytes / GB, 1)
+                      for k, tiled in (("untiled", False), ("tiled", True))} for s in GPU_STRATEGIES}
+    return {"size": f"{d.width}x{d.height}x{d.frames}", "unit": "GB", "strategies": strategies,
+            "source": "activations traced by bench/memtrace.py" if m.traced_activations else "generic formula"}
+
+
 @models_app.command("show")
 def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Everything the catalog knows about one model."""
@@ -280,7 +292,7 @@ def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) ->
         _fail(e, as_json)
     found = find(m)
     info = m.to_dict() | {"installed": found is not None, "path": str(found.path) if found else None,
-                          "pull": pull_command(m)}
+                          "pull": pull_command(m), "gpu_memory": _gpu_memory(m)}
     if as_json:
         print(json.dumps(info, ensure_ascii=False))
         return
@@ -294,6 +306,9 @@ def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) ->
     c.print(f"  weights      {info['weights_gb']} GB in {m.dtype}")
     c.print(f"  constraints  {info['constraints']}")
     c.print(f"  defaults     {info['defaults']}")
+    g = info["gpu_memory"]
+    c.print(f"  GPU memory   at {g['size']} ({g['source']}), peak GB per strategy, untiled / VAE tiled:")
+    c.print("               " + ", ".join(f"{s} {v['untiled']} / {v['tiled']}" for s, v in g["strategies"].items()))
     if not found:
         c.print(f"  install with [bold]{info['pull']}[/]")
 

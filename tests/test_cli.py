@@ -115,6 +115,9 @@ def test_models_show_and_pull_for_tiny():
     assert d["installed"] and d["random_weights"]
     d = json.loads(run_cli("models", "show", "hunyuanvideo", "--json").stdout)
     assert d["pull"] == "localvideo models pull hunyuanvideo" and d["params"]["transformer"] > 12e9
+    g = d["gpu_memory"]  # what a GPU needs for the default clip, per strategy, from the traced activations
+    assert g["size"] == "1280x720x129" and g["source"].startswith("activations traced")
+    assert g["strategies"]["resident"]["untiled"] > 70 > g["strategies"]["group_offload"]["tiled"] > 10
 
 
 def test_doctor_reports_hardware_and_what_fits():

@@ -263,6 +263,56 @@ def test_stopping_the_service_interrupts_the_running_job(settings):
     assert after.state == "interrupted" and not (settings.outputs / job.id).exists()
 
 
+class _WaitingExecutor:
+    """Runs nothing: says (as the ray executor does after a lost actor) what the claimed job waits for, until cancel."""
+
+    name = "waiting"
+    MESSAGE = "The worker running this job stopped (test); retrying on another worker, attempt 2 of 3."
+
+    def start(self, service):
+        from localvideo.jobs.executors import Slot
+
+        return [Slot("waiting-0", "cpu")]
+
+    def run(self, job, folder, slot, on_progress, cancel):
+        from localvideo.jobs.executors import Outcome
+
+        on_progress(JobProgress(phase="queued", message=self.MESSAGE))
+        cancel.wait(60)
+        return Outcome("cancelled")
+
+    def stop(self):
+        pass
+
+    def info(self):
+        return {"executor": self.name}
+
+
+def test_progress_message_reaches_the_rest_api_and_old_rows_read_as_null(settings):
+    from fastapi.testclient import TestClient
+
+    from localvideo.api.app import create_app
+
+    svc = JobService(settings, hardware=CPU, executor=_WaitingExecutor()).start()
+    client = TestClient(create_app(settings, service=svc), base_url="http://127.0.0.1:8765")
+    try:
+        job = svc.submit(prompt="a kite", **FAST)
+        wait_for(svc, job.id, lambda j: j.progress is not None and j.progress.message is not None, timeout=30)
+        body = client.get(f"/v1/jobs/{job.id}").json()
+        assert body["state"] == "running"
+        assert body["progress"]["phase"] == "queued" and body["progress"]["message"] == _WaitingExecutor.MESSAGE
+        listed = client.get("/v1/jobs", params={"state": "running"}).json()["jobs"]
+        assert [j["progress"]["message"] for j in listed if j["id"] == job.id] == [_WaitingExecutor.MESSAGE]
+        svc.cancel(job.id)
+        wait_for(svc, job.id, lambda j: j.terminal, timeout=30)
+    finally:
+        client.close()
+        svc.close()
+    # progress stored by a localvideo without the field (and every phase that needs no sentence): message is null
+    assert JobProgress.model_validate_json('{"phase": "loading", "step": 0, "total": 4}').message is None
+    assert JobProgress(phase="denoising").model_dump()["message"] is None
+
+
 def test_event_hub_keeps_the_newest_for_slow_readers():
     from localvideo.jobs.events import EventHub
 

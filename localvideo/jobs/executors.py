@@ -68,7 +68,8 @@ def job_progress(p) -> JobProgress:
     """A runner/story progress event as the job service stores it."""
     return JobProgress(phase=p.phase, step=p.step, total=p.total, elapsed_s=round(p.elapsed_s, 3),
                        eta_s=None if p.eta_s is None else round(p.eta_s, 3),
-                       scene=getattr(p, "scene", None), scenes=getattr(p, "scenes", None))
+                       scene=getattr(p, "scene", None), scenes=getattr(p, "scenes", None),
+                       message=getattr(p, "message", None))
 
 
 def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: ProgressFn, cancel, cache,

@@ -62,6 +62,9 @@ class JobProgress(BaseModel):
     eta_s: float | None = None
     scene: int | None = None  # stories: scene (1-based) of ``scenes`` being made
     scenes: int | None = None
+    # What is going on, in one sentence, when the phase alone would not say it truly (a running job in phase
+    # ``queued``: waiting for a pipeline another job holds, or for a retry on another Ray worker). None otherwise.
+    message: str | None = None
 
 
 class JobError(BaseModel):

@@ -31,10 +31,12 @@ class Progress:
     total: int = 0
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    message: str | None = None  # one true sentence when the phase alone would mislead (e.g. waiting for the model)
 
     def to_dict(self) -> dict:
         return {"phase": self.phase, "step": self.step, "total": self.total,
-                "elapsed_s": round(self.elapsed_s, 3), "eta_s": None if self.eta_s is None else round(self.eta_s, 3)}
+                "elapsed_s": round(self.elapsed_s, 3), "eta_s": None if self.eta_s is None else round(self.eta_s, 3),
+                "message": self.message}
 
 
 ProgressFn = Callable[[Progress], None]

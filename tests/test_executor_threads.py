@@ -117,7 +117,8 @@ def test_a_job_waiting_for_a_busy_pipeline_can_be_cancelled(settings, monkeypatc
         while not first and time.monotonic() < deadline:
             time.sleep(0.01)
         waiter = b.id if first[0] == a.id else a.id
-        wait_for(svc, waiter, lambda j: j.state == "running" and j.progress and j.progress.phase == "queued")
+        waiting = wait_for(svc, waiter, lambda j: j.state == "running" and j.progress and j.progress.phase == "queued")
+        assert waiting.progress.message == recovery.WAITING_FOR_MODEL == "Waiting for the model: another job is using it."
         svc.cancel(waiter)
         cancelled = wait_for(svc, waiter, lambda j: j.terminal, timeout=30)
         release.set()

@@ -37,6 +37,8 @@ FRAME_FACTOR = 0.6
 SIZE_FACTOR = 0.75
 PHASE_WORDS = {"load": "loading", "denoise": "denoising", "decode": "decoding", "text": "encoding the prompt",
                "encode": "VAE-encoding the conditioning image"}
+# Progress message while this job waits for a cached pipeline another job is using (phase "queued", job running)
+WAITING_FOR_MODEL = "Waiting for the model: another job is using it."
 
 
 @dataclass
@@ -111,7 +113,8 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
     def waiting(now_waiting: bool) -> None:  # another job is using this pipeline: show the wait, not "loading"
         if on_progress is not None:
             on_progress(runner.Progress("queued" if now_waiting else "loading", 0, plan.steps,
-                                        time.perf_counter() - t_start, None))
+                                        time.perf_counter() - t_start, None,
+                                        WAITING_FOR_MODEL if now_waiting else None))
 
     while True:
         attempts += 1

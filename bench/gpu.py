@@ -24,12 +24,12 @@ random weights that rate says nothing about real checkpoints, the memory and the
 
 The markdown table goes to stdout and, when ``$OUT`` is set, to ``$OUT/gpu_table.md`` (plus ``gpu_runs.json``).
 
-On the device machine (Python 3.12 with torch, transformers and accelerate, but no diffusers and no network) carry
-the wheels that ``bench/gpu_prepare.sh`` downloads here into ``bench/wheels/`` (gitignored, ≈ 18 MB), and run
-``pip install -q --no-index --find-links bench/wheels diffusers==0.42.1 pydantic && python bench/gpu.py`` there: pip
-takes from the folder only what the machine lacks. Nothing else is needed: no hub, no weights, no localvideo install
-(this file puts the repository on ``sys.path``). That install was checked offline in a fresh venv holding only torch,
-transformers and accelerate (``PYVER=3.11 bash bench/gpu_prepare.sh``), where ``--smoke`` then ran.
+On the device machine (Python 3.12 with torch, transformers, accelerate, pillow, requests…, but no diffusers, no
+pydantic and no network) carry the wheels that ``bench/gpu_prepare.sh`` downloads here into ``bench/wheels/``
+(gitignored, ≈ 9 MB) and install them there with ``--no-deps --target /tmp/site`` (the exact command is in that
+script). Nothing else is needed: no hub, no weights, no localvideo install (this file puts the repository on
+``sys.path``). That install was checked offline in a fresh venv holding only torch, transformers, accelerate, pillow
+and requests (``PYVER=3.11 bash bench/gpu_prepare.sh``), where ``--smoke`` then ran.
 
 The activation part of the planner's estimate comes from ``bench/memtrace.py`` (traced on the meta device), so the
 ratio measured here isolates what only a GPU shows: the CUDA context, kernel workspaces and the caching allocator's

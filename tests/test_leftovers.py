@@ -1,0 +1,140 @@
+"""The sweep of killed runs' leftovers: only what a provably dead process of this machine left is removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from localvideo.runtime import leftovers
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="judges processes through /proc")
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen:
+    """A real process that runs ``code`` (with ``args`` in sys.argv), prints "ready" and then waits to be killed."""
+    script = textwrap.dedent(code) + "\nprint('ready', flush=True)\nimport time\ntime.sleep(600)\n"
+    p = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def kill(p: subprocess.Popen) -> None:
+    os.kill(p.pid, signal.SIGKILL)  # no chance to clean up: what an OOM kill does
+    p.wait()
+
+
+MAKE_TEMPS = """
+import os, sys
+from pathlib import Path
+from localvideo.runtime.leftovers import owner_tag
+folder, tag = Path(sys.argv[1]), owner_tag()
+work = folder / f".story.segments.partial-{tag}"
+work.mkdir()
+(work / "scene-001.npy").write_bytes(b"\\0" * 300_000)
+(folder / f".video.mp4.{tag}.partial.mp4").write_bytes(b"\\0" * 1000)
+(folder / f".video.json.{tag}.partial").write_bytes(b"{")
+"""
+
+
+def test_owner_tag_round_trips_and_names_this_process():
+    me = leftovers.parse_tag(leftovers.owner_tag())
+    assert me == leftovers.me() and me.pid == os.getpid()
+    assert leftovers.why_abandoned(me) is None  # alive: this process
+    assert leftovers.parse_tag("1234") is None and leftovers.parse_tag("host_x_12_x-x") is None
+
+
+def test_judging_owners():
+    me = leftovers.me()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert leftovers.why_abandoned(dataclasses.replace(me, pid=gone.pid)) == "that process is gone"
+    # pid reused: the id runs another process that started at another time
+    assert "another process" in leftovers.why_abandoned(dataclasses.replace(me, pid=1, start="t1"))
+    # another machine (a shared output folder), another container on this kernel: never judged
+    assert leftovers.why_abandoned(dataclasses.replace(me, host="gpu2", pid=gone.pid)) is None
+    assert leftovers.why_abandoned(dataclasses.replace(me, machine="0badc0de", pid=gone.pid)) is None
+    assert leftovers.why_abandoned(dataclasses.replace(me, ns="1", pid=gone.pid)) is None
+    # a start time that cannot be compared: existence alone decides, and pid 1 exists
+    assert leftovers.why_abandoned(dataclasses.replace(me, pid=1, start="x")) is None
+    if me.machine != "x" and me.boot != "x":  # before a restart of this machine: every process of then is gone
+        assert leftovers.why_abandoned(dataclasses.replace(me, boot="00000000", pid=1)) == \
+            "this machine restarted since"
+
+
+def test_sweep_removes_what_a_killed_process_left_and_logs_sizes(tmp_path, caplog):
+    p = spawn(MAKE_TEMPS, str(tmp_path))
+    kill(p)
+    left = sorted(x.name for x in tmp_path.iterdir())
+    assert len(left) == 3 and all(f"_{p.pid}_" in n for n in left)
+    with caplog.at_level(logging.INFO, logger="localvideo.runtime.leftovers"):
+        removed = leftovers.sweep([tmp_path], context="test")
+    assert list(tmp_path.iterdir()) == []
+    by_kind = {r.kind: r for r in removed}
+    assert by_kind["story work folder"].bytes == 300_000 and by_kind["video being encoded"].bytes == 1000
+    assert by_kind["file being written"].bytes == 1
+    assert all(f"process {p.pid}: that process is gone" in r.reason for r in removed)
+    assert "removed 3 leftover(s) of killed runs, 293.9 KB in all" in caplog.text
+    assert "story work folder" in caplog.text and "293.0 KB" in caplog.text
+
+
+def test_sweep_keeps_a_live_process_s_another_host_s_and_unknown_names(tmp_path):
+    (tmp_path / "alive").mkdir()
+    alive = spawn(MAKE_TEMPS, str(tmp_path / "alive"))
+    try:
+        me = leftovers.me()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        other = dataclasses.replace(me, host="gpu2", pid=dead.pid).tag  # same pid, dead here: but not this host's
+        (tmp_path / f".story.segments.partial-{other}").mkdir()
+        (tmp_path / f".video.mp4.{other}.partial.mp4").write_bytes(b"x")
+        (tmp_path / f".video.mp4.{dead.pid}.partial.mp4").write_bytes(b"x")  # an older build's pid-only name
+        (tmp_path / f".story.segments.partial-{dead.pid}").mkdir()
+        (tmp_path / "video.mp4").write_bytes(b"x")  # finished work is never a leftover
+        (tmp_path / "story.segments").mkdir()  # segments kept on request
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        (target / "precious").write_bytes(b"x")
+        dead_tag = dataclasses.replace(me, pid=dead.pid).tag
+        os.symlink(target, tmp_path / f".story.segments.partial-{dead_tag}")  # links are never followed
+        before = sorted(str(x.relative_to(tmp_path)) for x in tmp_path.rglob("*"))
+        assert leftovers.sweep([tmp_path], children=True) == []
+        assert sorted(str(x.relative_to(tmp_path)) for x in tmp_path.rglob("*")) == before
+    finally:
+        kill(alive)
+    removed = leftovers.sweep([tmp_path], children=True)  # its owner is dead now: only its three go
+    assert len(removed) == 3 and all(r.path.parent == tmp_path / "alive" for r in removed)
+    assert (target / "precious").exists()
+
+
+def test_latents_claimed_by_a_killed_run_go_and_kept_latents_stay(tmp_path):
+    me = leftovers.me()
+    p = spawn("""
+        import sys
+        from pathlib import Path
+        from localvideo.runtime.leftovers import owner_tag
+        folder = Path(sys.argv[1])
+        for name in ("a", "b"):
+            (folder / f".{name}.latents.safetensors.inuse-{owner_tag()}").touch()
+    """, str(tmp_path))
+    kill(p)
+    (tmp_path / "a.latents.safetensors").write_bytes(b"\0" * 500)  # claimed by the dead run only
+    (tmp_path / "b.latents.safetensors").write_bytes(b"\0" * 500)  # claimed by the dead run and by a live one
+    (tmp_path / f".b.latents.safetensors.inuse-{me.tag}").touch()
+    (tmp_path / "kept.latents.safetensors").write_bytes(b"\0" * 500)  # no claim: kept (asked for, or promised)
+    removed = leftovers.sweep([tmp_path])
+    assert sorted(x.name for x in tmp_path.iterdir()) == [f".b.latents.safetensors.inuse-{me.tag}",
+                                                         "b.latents.safetensors", "kept.latents.safetensors"]
+    assert {(r.path.name, r.bytes) for r in removed if r.kind == "latents of a killed run"} == \
+        {("a.latents.safetensors", 500)}
+
+
+def test_sweep_of_missing_or_unreadable_folders_is_quiet(tmp_path):
+    assert leftovers.sweep([tmp_path / "nope", tmp_path / "nope"]) == []

@@ -136,9 +136,21 @@ def test_killed_actor_mid_job_is_retried_elsewhere(cluster):
     denoising(svc, job.id)
     victim = ex.handle_running(job.id)
     first = routed(ex, job.id)  # nothing recorded until an attempt ends
-    ray.kill(victim)
+    seen = []
+    with svc.subscribe(job.id) as sub:  # every change of the job, in order (the retry wait may be brief)
+        ray.kill(victim)
+        while not (seen and seen[-1].terminal):
+            seen.append(sub.get(timeout=180))
     end = done(svc, job.id, timeout=180)
     assert end.state == "succeeded", end.error
+    # while it waited for another actor: running, phase queued, and a message that says so (not a model wait)
+    waits = [j.progress.message for j in seen if j.state == "running" and j.progress and j.progress.phase == "queued"]
+    assert len(waits) == 1, [j.progress for j in seen]
+    dead = routed(ex, job.id)[0]["actor"]
+    assert waits[0].startswith(f"The worker running this job ({dead}) stopped (") and "Actor" in waits[0], waits[0]
+    assert waits[0].endswith("); retrying on another worker, attempt 2 of 2."), waits[0]
+    after = seen[next(i for i, j in enumerate(seen) if j.progress and j.progress.message) + 1:]
+    assert after and all(j.progress is None or j.progress.message is None for j in after)  # the next actor's progress
     attempts = routed(ex, job.id)
     assert not first and [h["outcome"] for h in attempts] == ["died", "succeeded"]
     assert attempts[0]["actor"] != attempts[1]["actor"]

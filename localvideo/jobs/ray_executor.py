@@ -18,7 +18,8 @@ Shape (the job service, its SQLite queue and its API stay on the head; only the 
   the actor's ``generate(cancel=…)`` checks every step; the run ends ``cancelled`` before decoding, no file written.
 * **Actor or node death** (:class:`ray.exceptions.RayActorError`, which covers ``ActorDiedError`` and
   ``ActorUnavailableError``): the actor is replaced by a fresh one and the job runs again on another actor, up to
-  ``max_retries`` times; then it fails with the reason. A replacement starts empty (cold cache).
+  ``max_retries`` times; then it fails with the reason. A replacement starts empty (cold cache). Meanwhile the job
+  shows phase ``queued`` with a progress ``message`` saying which worker stopped, why, and which attempt is next.
 * **Outputs**: an actor writes the job's files to ``<shared_dir>/<job id>/`` (default: the head's outputs folder,
   which must then be mounted at the same path on every node). With ``stream_outputs`` the actor writes to its own
   node's outputs folder instead, and the head pulls the files back over Ray (fine for short videos).
@@ -372,8 +373,8 @@ class RayExecutor:
             try:
                 outcome = self._run_on(actor, job, target, on_progress, cancel)
             except RayActorError as e:
-                reason = _reason(e)
-                deaths.append(f"{actor.label}: {reason}")
+                reason, dead = _reason(e), actor.label  # the label before _replace renames the slot
+                deaths.append(f"{dead}: {reason}")
                 self._record(job.id, actor.label, "died", affinity)
                 log.warning("ray actor %s died running job %s (%s)", actor.label, job.id, reason)
                 self._replace(actor)
@@ -386,7 +387,8 @@ class RayExecutor:
                                  f"{self.max_retries} retr{'y' if self.max_retries == 1 else 'ies'}. Last: {reason}"),
                         hint="Look at the worker nodes (ray status, the Ray logs): out-of-memory kills and lost "
                              "nodes are the usual causes. Retry the job when the cluster is healthy."))
-                on_progress(JobProgress(phase="queued"))
+                on_progress(JobProgress(phase="queued", message=retry_message(
+                    dead, reason, attempt=len(deaths) + 1, attempts=self.max_retries + 1)))
                 continue
             except ray.exceptions.RayTaskError as e:  # the actor is fine; the call itself failed
                 self._release(actor)
@@ -573,6 +575,13 @@ class RayExecutor:
                     self._cond.notify_all()
             log.info("ray actor %s is ready (pid %s)", slot.label, info.get("pid"))
             return
+
+
+def retry_message(label: str, reason: str, *, attempt: int, attempts: int) -> str:
+    """The progress message of a job whose actor died, while it waits to run again on another actor (phase
+    ``queued``, state ``running``: not the model wait the local executor shows in that phase)."""
+    return (f"The worker running this job ({label}) stopped ({reason}); retrying on another worker, "
+            f"attempt {attempt} of {attempts}.")
 
 
 def _reason(e: BaseException) -> str:

@@ -32,18 +32,44 @@ def test_progress_html_is_a_real_progress_bar_and_escapes():
 
 
 def test_a_running_job_waiting_for_a_busy_pipeline_does_not_say_it_is_in_the_queue():
-    # claimed by a worker (state running), waiting for the pipeline another job holds (phase queued)
-    waiting = _job(state="running", progress=JobProgress(phase="queued", total=6, elapsed_s=0.4))
+    # claimed by a worker (state running), waiting for the pipeline another job holds (phase queued): the message the
+    # local executor sends (localvideo.runtime.recovery.WAITING_FOR_MODEL)
+    msg = "Waiting for the model: another job is using it."
+    waiting = _job(state="running", progress=JobProgress(phase="queued", total=6, elapsed_s=0.4, message=msg))
     html = views.progress_html(waiting)
-    assert "Waiting for the model (another job is using it)" in html and "Waiting in the queue" not in html
+    assert "Waiting for the model: another job is using it" in html and "Waiting in the queue" not in html
     assert 'data-state="running"' in html and 'data-phase="queued"' in html  # the data attributes stay the facts
     row = views.history_html([waiting], 1)
-    assert "Waiting for the model (another job is using it)" in row and "Waiting in the queue" not in row
-    scene = views.progress_html(_job(progress=JobProgress(phase="queued", scene=2, scenes=3)))
-    assert "Scene 2 of 3 · Waiting for the model (another job is using it)" in scene
+    assert "Waiting for the model: another job is using it" in row and "Waiting in the queue" not in row
+    scene = views.progress_html(_job(progress=JobProgress(phase="queued", scene=2, scenes=3)))  # stories: no message
+    assert "Scene 2 of 3 · Waiting for the model: another job is using it<" in scene
+    old = views.progress_html(_job(progress=JobProgress(phase="queued")))  # stored by a localvideo without messages
+    assert "Waiting for the model: another job is using it" in old
     # a job that really is in the queue still says so
     queued = views.progress_html(_job(state="queued", progress=JobProgress(phase="queued")))
     assert "Waiting in the queue" in queued and "Waiting for the model" not in queued
+
+
+def test_a_job_retried_after_its_ray_worker_died_says_so_not_that_it_waits_for_the_model():
+    from localvideo.jobs.ray_executor import retry_message
+
+    msg = retry_message("actor-0", "ActorDiedError: The actor died unexpectedly <before> finishing this task.",
+                        attempt=2, attempts=3)
+    assert msg == ("The worker running this job (actor-0) stopped (ActorDiedError: The actor died unexpectedly "
+                   "<before> finishing this task.); retrying on another worker, attempt 2 of 3.")
+    retrying = _job(state="running", progress=JobProgress(phase="queued", message=msg), cancel_requested=True)
+    html = views.progress_html(retrying)
+    shown = views.e(msg[:-1])
+    assert f'<div class="lv-phase">{shown} · cancelling…</div>' in html
+    assert "Waiting for the model" not in html and "Waiting in the queue" not in html and "<before>" not in html
+    assert 'data-phase="queued"' in html and 'aria-label="waiting"' in html
+    row = views.history_html([retrying], 1)
+    assert "Waiting for the model" not in row and "The worker running this job (actor-0) stopped" in row
+    assert f'title="{shown}"' in row and "…</div>" in row  # the row shows 80 characters, the tooltip all of it
+    # a message on any phase wins over the phase words; none falls back to them
+    assert views.phase_text(_job(progress=JobProgress(phase="loading", message="Loading LoRA 2 of 3."))) == \
+        "Loading LoRA 2 of 3"
+    assert views.phase_text(_job(progress=JobProgress(phase="loading"))) == "Loading the model"
 
 
 def test_frames_and_sizes_follow_the_model_rules():

@@ -19,9 +19,10 @@ STATE_TEXT = {"queued": "queued", "running": "running", "succeeded": "done", "fa
 KIND_TEXT = {"text-to-video": "text → video", "image-to-video": "image → video", "story": "story",
              "photo-animation": "photo animation"}
 STEPPED = ("denoising", "rendering")  # phases with a step count: a determinate bar
-# A running job in phase "queued" was claimed by a worker but waits for a pipeline another job is using
-# (localvideo.runtime.recovery): it is not in the queue, so it must not say so.
-WAITING_FOR_MODEL = "Waiting for the model (another job is using it)"
+# A running job in phase "queued" is not in the queue, so it must not say so. Its progress message says what it waits
+# for (a pipeline another job holds, localvideo.runtime.recovery; another Ray actor after one died, ray_executor).
+# Without one (a story's progress carries no message; progress stored by an older localvideo) it is the model wait.
+WAITING_FOR_MODEL = "Waiting for the model: another job is using it"
 
 e = html.escape
 
@@ -67,11 +68,14 @@ def media_urls(job_id: str) -> tuple[str, str]:
 
 
 def phase_text(job) -> str:
-    """What the job is doing now, in words (its progress phase; a running job's ``queued`` is a wait for the model)."""
-    phase = job.progress.phase
-    if phase == "queued" and job.state == "running":
+    """What the job is doing now, in words: its progress message when it has one (one sentence, shown without the
+    final period, like the phase words), else its phase (a running job's ``queued`` without a message: the model)."""
+    p = job.progress
+    if p.message:
+        return p.message[:-1] if p.message.endswith(".") and not p.message.endswith("..") else p.message
+    if p.phase == "queued" and job.state == "running":
         return WAITING_FOR_MODEL
-    return PHASE_TEXT.get(phase, phase)
+    return PHASE_TEXT.get(p.phase, p.phase)
 
 
 def _bar(value: float, maximum: float, label: str, cls: str = "") -> str:
@@ -186,7 +190,7 @@ def history_html(jobs: list, total: int, selected: str | None = None) -> str:
             f'<tr class="lv-row{sel}" data-job="{j.id}" data-state="{j.state}" tabindex="0">'
             f'<td>{img}</td>'
             f'<td><span class="lv-badge lv-{j.state}">{STATE_TEXT[j.state]}</span>'
-            f'<div class="lv-sub">{e(extra[:80])}</div></td>'
+            f'<div class="lv-sub" title="{e(extra[:1000])}">{e(extra[:80])}{"…" if len(extra) > 80 else ""}</div></td>'
             f'<td class="lv-prompt" title="{e(prompt[:500])}">{e(prompt[:140])}{"…" if len(prompt) > 140 else ""}'
             f'<div class="lv-sub">{KIND_TEXT.get(j.kind, j.kind)} · job {j.id[:8]}</div></td>'
             f'<td>{e(j.request.get("model", ""))}</td>'

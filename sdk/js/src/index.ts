@@ -48,6 +48,15 @@ export interface JobProgress {
   total: number;
   elapsed_s: number;
   eta_s: number | null;
+  /** Stories: the scene being made (1-based) of `scenes`; null for other jobs. */
+  scene: number | null;
+  scenes: number | null;
+  /**
+   * One sentence saying what the job is doing when the phase alone would not say it truly, e.g. a running job in
+   * phase "queued" waiting for a model another job is using, or to be retried after its Ray worker stopped.
+   * Null otherwise; absent from servers older than this field.
+   */
+  message?: string | null;
 }
 
 export interface JobResult {

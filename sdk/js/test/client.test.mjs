@@ -45,6 +45,9 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   const versions = seen.map((j) => j.version);
   assert.deepEqual(versions, [...new Set(versions)].sort((a, b) => a - b), "versions strictly increase");
   assert.ok(seen.some((j) => j.progress?.phase === "denoising"));
+  const denoising = seen.find((j) => j.progress?.phase === "denoising").progress;
+  // what JobProgress declares: scene/scenes (null outside stories) and message (null when there is nothing to say)
+  assert.deepEqual([denoising.scene, denoising.scenes, denoising.message], [null, null, null]);
   assert.ok(isTerminal(seen.at(-1)));
 
   const mp4 = await lv.download(job.id);

@@ -17,13 +17,16 @@ Frame count of the story (``F_k`` frames generated for scene k, ``C`` continued 
     total = Σ F_k − C − H × N
 
 Each scene's frames are kept losslessly, as the runner decoded them: uint8 ``scene-NNN.npy`` in a work folder next
-to the output (``.<name>.segments.partial-<pid>/``), on disk rather than in memory so that memory holds one scene at
-a time however long the story (720p: about 2.8 MB a frame, 225 MB for an 81-frame scene). They are joined by
+to the output (``.<name>.segments.partial-<owner tag>/``), on disk rather than in memory so that memory holds one
+scene at a time however long the story (720p: about 2.8 MB a frame, 225 MB for an 81-frame scene). They are joined by
 :func:`localvideo.media.concat.join` (drops, crossfades), so every frame of the story is encoded exactly once, at
 CRF 18, by the project's one encoder. With ``keep_segments=True`` each scene is also encoded, from the same frames,
 to its own ``scene-NNN.mp4`` (with its JSON sidecar), and the folder is kept as ``<name>.segments/`` (segments,
 sidecars and conditioning PNGs; the ``.npy`` frames are always removed); the joined video is never made from those
-MP4s. Otherwise the folder is removed after the join; a cancel or failure removes it and leaves no MP4.
+MP4s. Otherwise the folder is removed after the join; a cancel or failure removes it and leaves no MP4. A killed
+process (SIGKILL, out of memory, power loss) cannot remove it: its name carries the owner tag of
+:mod:`localvideo.runtime.leftovers` (host, pid, process start time…), and the next story in that folder (or the job
+service's start) removes it once that process is provably gone — never one of a live process or another host.
 
 Metadata (MP4 tag ``localvideo`` and the JSON sidecar) has ``kind: "story"``, the script and, per scene, prompt /
 expanded prompt / seed / frames / start and end frame / start time / transition / the conditioning frame's hashes.
@@ -49,6 +52,7 @@ from .catalog import ModelSpec, get_model
 from .errors import Cancelled, InvalidRequest, LocalVideoError, OutputError
 from .hardware import Hardware
 from .prompts.scenes import MAX_SCRIPT_CHARS, Scene, ShotList, parse_script, scenes_to_script
+from .runtime import leftovers
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -232,6 +236,12 @@ def _output_path(output: str | None, model: str, seed: int, settings: Settings) 
     return check_output_path(p)
 
 
+def work_folder(out_path: Path) -> Path:
+    """The story's work folder next to ``out_path``, named for this process (:func:`leftovers.owner_tag`: host,
+    pid, process start time…) so that :func:`leftovers.sweep` can tell one a killed story left from a live one."""
+    return out_path.parent / f".{out_path.stem}{SEGMENTS_SUFFIX}.partial-{leftovers.owner_tag()}"
+
+
 def _free_folder(p: Path) -> Path:
     n = 1
     out = p
@@ -366,7 +376,9 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     crossfade, transitions, planned, base_seed, use_continuity = (sp.crossfade, sp.transitions, sp.planned, sp.seed,
                                                                   sp.continuity)
     out_path = _output_path(output, spec.id, base_seed, settings)
-    work = out_path.parent / f".{out_path.stem}{SEGMENTS_SUFFIX}.partial-{os.getpid()}"
+    # what killed stories (and runs) left in this folder and in the latents folder, before adding gigabytes to it
+    leftovers.sweep([out_path.parent, settings.home / "latents"], context="before a story")
+    work = work_folder(out_path)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 
 import numpy as np
@@ -378,3 +379,67 @@ def test_cli_story(tmp_path):
     assert dry.returncode == 0, dry.stderr
     d = json.loads(dry.stdout)
     assert [s["planned_frames"] for s in d["scenes"]] == [17, 17, 17] and d["shot_list"]["source"] == "sentences"
+
+
+KILLED_STORY = """
+import sys, time
+from localvideo.hardware import Hardware
+from localvideo.story import make_story
+
+def on_progress(p):
+    if p.scene == 2:  # scene 1's frames are kept in the work folder: stop here until killed
+        print("ready", flush=True)
+        time.sleep(600)
+
+make_story("[5f] a fox sleeps\\n[5f] a fox wakes", model="tiny-wan", continuity=False, width=64, height=64, steps=1,
+           seed=2, output=sys.argv[1], hardware=Hardware.assumed(None, ram_gb=16), on_progress=on_progress)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="judges processes through /proc")
+def test_a_killed_story_s_work_folder_is_swept_by_the_next_story_but_never_a_live_or_foreign_one(
+        cache, tmp_path, caplog):
+    """A real story process is SIGKILLed mid-story (an OOM kill): its work folder, with a scene's uncompressed frames,
+    is left behind. The next story in that folder removes it — but not while that process lives, and never a work
+    folder named for another host (outputs may be on a folder shared by several machines)."""
+    import dataclasses
+    import logging
+    import os
+    import signal
+    import subprocess
+
+    from localvideo.runtime import leftovers
+    from localvideo.story import work_folder
+
+    p = subprocess.Popen([sys.executable, "-c", KILLED_STORY, str(tmp_path / "killed.mp4")], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        (work,) = tmp_path.glob(".killed.segments.partial-*")
+        assert leftovers.parse_tag(work.name.split(".partial-", 1)[1]).pid == p.pid
+        assert [f.name for f in work.iterdir()] == ["scene-001.npy"]
+        assert work == work_folder(tmp_path / "killed.mp4").with_name(work.name)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        other_host = dataclasses.replace(leftovers.me(), host="gpu2", pid=dead.pid)  # that pid is dead here too
+        foreign = tmp_path / f".other.segments.partial-{other_host.tag}"
+        foreign.mkdir()
+        (foreign / "scene-001.npy").write_bytes(b"\0" * 100)
+
+        make_story("[5f] a fox", model="tiny-wan", width=64, height=64, steps=1, seed=3,
+                   output=str(tmp_path / "while-alive.mp4"), hardware=CPU, cache=cache)
+        assert work.is_dir() and (work / "scene-001.npy").is_file(), "a live story's work folder is never touched"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert work.is_dir(), "killed: nothing cleaned it up"
+    size = (work / "scene-001.npy").stat().st_size
+    with caplog.at_level(logging.INFO, logger="localvideo.runtime.leftovers"):
+        make_story("[5f] a fox", model="tiny-wan", width=64, height=64, steps=1, seed=4,
+                   output=str(tmp_path / "after.mp4"), hardware=CPU, cache=cache)
+    assert not work.exists()
+    assert f"removed story work folder {work} ({leftovers.human(size)}): left by process {p.pid}: that process is " \
+           "gone" in caplog.text
+    assert "before a story: removed 1 leftover(s)" in caplog.text
+    assert (foreign / "scene-001.npy").is_file(), "another host's work folder is never touched"
+    assert sorted(x.name for x in tmp_path.glob("*.mp4")) == ["after.mp4", "while-alive.mp4"]

@@ -138,3 +138,24 @@ def test_latents_claimed_by_a_killed_run_go_and_kept_latents_stay(tmp_path):
 
 def test_sweep_of_missing_or_unreadable_folders_is_quiet(tmp_path):
     assert leftovers.sweep([tmp_path / "nope", tmp_path / "nope"]) == []
+
+
+def test_the_temp_file_of_a_video_killed_while_encoding_is_swept(tmp_path):
+    """The encoder writes a hidden temp file named for its process and renames it when done: killed mid-video, the
+    temp file stays (the final name never appears) until the sweep proves its writer is gone."""
+    p = spawn("""
+        import sys
+        import numpy as np
+        from localvideo.media.encode import VideoWriter
+        w = VideoWriter(sys.argv[1], fps=8)
+        for i in range(40):
+            w.write(np.full((64, 64, 3), i, np.uint8))
+        w._container.mux(w._stream.encode(None))  # flush what the encoder holds, so the temp file has bytes
+    """, str(tmp_path / "v.mp4"))
+    (tmp,) = tmp_path.iterdir()
+    assert tmp.name.startswith(".v.mp4.") and tmp.name.endswith(".partial.mp4") and f"_{p.pid}_" in tmp.name
+    assert leftovers.sweep([tmp_path]) == [], "still being written"
+    kill(p)
+    (r,) = leftovers.sweep([tmp_path])
+    assert r.kind == "video being encoded" and r.path == tmp and r.bytes > 0
+    assert list(tmp_path.iterdir()) == []

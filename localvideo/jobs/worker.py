@@ -31,7 +31,9 @@ def make_thumbnail(video: Path, dest: Path, max_side: int = 512) -> Path:
         frame = next(container.decode(video=0))
         image = frame.to_image()
     image.thumbnail((max_side, max_side))
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    from ..runtime.leftovers import owner_tag
+
+    tmp = dest.with_name(f".{dest.name}.{owner_tag()}.partial")
     try:
         image.save(tmp, "JPEG", quality=85)
         os.replace(tmp, dest)

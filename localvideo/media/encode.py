@@ -2,7 +2,9 @@
 
 Frames are encoded as they arrive; nothing is buffered beyond the encoder's own lookahead. Output goes to a
 hidden temp file in the destination folder and is renamed onto the final path only after the container closed
-cleanly, so a crash, Ctrl-C or caller exception never leaves a half-written video behind.
+cleanly, so a crash, Ctrl-C or caller exception never leaves a half-written video behind. The temp file's name
+carries this process's owner tag (:mod:`localvideo.runtime.leftovers`), so one that a killed process could not
+remove is swept later (by the next story there, or the job service's start), once that process is provably gone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import av
 import numpy as np
 
 from localvideo.errors import InvalidRequest, OutputError
+from localvideo.runtime.leftovers import owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class VideoWriter:
         for k, v in self.metadata.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise InvalidRequest(f"Video metadata keys and values must be strings; '{k}' is {type(v).__name__}.")
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial.mp4")
+        self.tmp_path = self.path.with_name(f".{self.path.name}.{owner_tag()}.partial.mp4")
         self.result: EncodeResult | None = None
         self._container: Any = None
         self._stream: Any = None
@@ -254,7 +257,7 @@ def encode_video(frames: Any, path: str | os.PathLike, fps: float, *, crf: int =
 def write_sidecar(video_path: str | os.PathLike, data: dict) -> Path:
     """Write ``data`` as pretty UTF-8 JSON next to the video (same name, .json), atomically. Returns its path."""
     path = Path(video_path).with_suffix(".json")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(f".{path.name}.{owner_tag()}.partial")
     try:
         text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
         with open(tmp, "w", encoding="utf-8") as f:

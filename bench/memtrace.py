@@ -1,29 +1,34 @@
 """Activation memory of the real architectures, traced on the meta device, against the planner's estimate.
 
-    python bench/memtrace.py [--models all|id,id] [--frames N] [--json] [--check 0.15]
+    python bench/memtrace.py [--models all|id,id] [--sizes default|other|all] [--frames N] [--no-decode]
+                             [--out rows.jsonl] [--check 0.15]
+    python bench/memtrace.py --fit rows.jsonl [more.jsonl ...]   # → localvideo/model_configs/activations.json
 
 No GPU and no weights are needed: every model of the catalog is built at full size from its vendored diffusers
 configs (``localvideo/model_configs/``) on PyTorch's *meta* device — tensors with shapes and dtypes but no data —
 and the real diffusers pipeline runs two denoising steps (``output_type="latent"``, random prompt embeddings of the
-right shape instead of a text encoder) and then localvideo's own VAE decode (``runtime/decode.py``), untiled and
-tiled. A ``TorchDispatchMode`` sees every tensor those calls create and a finalizer on its storage sees it freed,
-so the tracer knows the bytes alive at every moment; the peak over a phase is what that phase needs on top of the
-weights (which were made before tracing starts). This is ``torch.cuda.max_memory_allocated()`` without the CUDA
-caching allocator's rounding and fragmentation.
+right shape instead of a text encoder; the transformer cut to ``LAYERS`` blocks, which leaves the peak unchanged)
+and then localvideo's own VAE decode (``runtime/decode.py``), untiled and tiled; image-to-video pipelines run twice,
+the second time with a tiled conditioning encode. A ``TorchDispatchMode`` sees every tensor those calls create and
+a finalizer on its storage sees it freed, so the tracer knows the bytes alive at every moment; the peak over a
+phase is what that phase needs on top of the weights (which were made before tracing starts). This is
+``torch.cuda.max_memory_allocated()`` without the CUDA caching allocator's rounding and fragmentation.
 
 What is modelled rather than traced: ``F.scaled_dot_product_attention`` is replaced by what the CUDA flash /
 memory-efficient kernels allocate — the output and a float32 log-sum-exp per query — because on meta (as on CPU)
-PyTorch would pick the math kernel and materialize the tokens² attention matrix, which no GPU run does. The
-conversion of decoded frames to numpy happens on the host and is skipped.
+PyTorch would pick the math kernel and materialize the tokens² attention matrix, which no GPU run does; and the few
+host-side computations listed in ``_substitutions`` (scheduler steps, Mochi's autocast, Wan I2V's CLIP encoder).
+The conversion of decoded frames to numpy happens on the host and is skipped.
 
 So the figures are exact for "which tensors are alive" and say nothing about allocator slack, the CUDA context or
-kernel workspaces: ``bench/gpu.py`` measures those on a GPU. The table compares, per model and size:
+kernel workspaces: ``bench/gpu.py`` measures those on a GPU. Per model and size the table compares the traced
+peaks of the transformer's calls, the VAE decode and the tiled decode with the planner's estimates
+(``MemoryEstimate.transformer_activation_bytes`` / ``vae_activation_bytes``); ``--out`` keeps every row (also the
+I2V encode, untiled and tiled) for ``--fit``, which writes the planner's per-model coefficients and prints the
+planner's estimate / traced for every traced phase.
 
-- denoise: the traced peak of the pipeline call vs ``MemoryEstimate.transformer_activation_bytes``;
-- decode / decode tiled: the traced peak of the VAE decode vs ``MemoryEstimate.vae_activation_bytes``.
-
-``--check X`` exits 1 when any estimate/traced ratio is outside [1, 1 + X] (under-estimates fail at once: an
-under-estimate is an OOM the planner promised would not happen); ``tests/test_memtrace.py`` runs it on a subset.
+``--check X`` exits 1 when any estimate/traced ratio is outside [1, 1 + X] (an under-estimate is an OOM the planner
+promised would not happen); ``tests/test_memtrace.py`` checks the planner against live traces and the stored points.
 """
 
 from __future__ import annotations

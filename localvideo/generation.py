@@ -155,7 +155,7 @@ class Rendered:
     t_start: float
     extra: dict  # for the metadata: prompt info, conditioning images, OOM attempts
     cache_hit: bool
-    latents_file: Path  # the saved latents (removed by generate after a written MP4)
+    latents_file: Path  # the saved latents, claimed by this run: the caller discards or releases them (runtime.latents)
 
 
 def render(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
@@ -164,7 +164,8 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
     """Everything :func:`generate` does before encoding: prompt, plan, run (with the OOM ladder), decode.
 
     The frames come back as the runner decoded them, so a caller that joins several runs (a story) can encode them
-    exactly once. The latents file is left for the caller (removed already on a cancel)."""
+    exactly once. The latents file is left for the caller, still claimed (:func:`localvideo.runtime.latents.discard`
+    or ``release``; discarded already on a cancel, released on a failure)."""
     from .media.encode import check_output_path
     from .runtime import latents as latents_io
     from .runtime import recovery, runner, store
@@ -208,7 +209,10 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
         out = recovery.generate_frames(spec, model_path, plan, cache, on_progress=on_progress, cancel=cancel,
                                        guard=guard, latents_path=latents_file, inputs=inputs)
     except Cancelled:
-        latents_file.unlink(missing_ok=True)
+        latents_io.discard(latents_file)
+        raise
+    except BaseException:
+        latents_io.release(latents_file)  # kept, as any failed run's (a failed decode promised them to the user)
         raise
     timings = {"load_s": round(out.load_s, 3), "denoise_s": round(out.denoise_s, 3),
                "decode_s": round(out.decode_s, 3)}
@@ -234,13 +238,21 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     ``result.plan.degraded`` and the metadata. Latents are saved before decode and removed after a written MP4
     (kept with ``keep_latents=True``, or when decoding fails so that ``localvideo decode`` can finish the run).
     """
+    from .runtime import latents as latents_io
+
     r = render(prompt, request=request, hardware=hardware, on_progress=on_progress, cancel=cancel, cache=cache,
                settings=settings, prompt_info=prompt_info, guard=guard, **fields)
-    result = record(r.frames, r.plan, r.spec, r.out_path, r.timings, r.t_start, on_progress=on_progress,
-                    extra=r.extra)
+    try:
+        result = record(r.frames, r.plan, r.spec, r.out_path, r.timings, r.t_start, on_progress=on_progress,
+                        extra=r.extra)
+    except BaseException:
+        latents_io.release(r.latents_file)  # no MP4: the latents stay, as after any failed run
+        raise
     result.cache_hit = r.cache_hit
-    if not keep_latents:
-        r.latents_file.unlink(missing_ok=True)
+    if keep_latents:
+        latents_io.release(r.latents_file)
+    else:
+        latents_io.discard(r.latents_file)
     return result
 
 
@@ -293,6 +305,7 @@ def decode_saved(latents_file: str | Path, *, output: str | None = None, hardwar
     t_start = time.perf_counter()
     settings = settings or get_settings()
     saved = latents_io.load(latents_file)
+    latents_io.adopt(Path(latents_file))  # the user's now, even if a killed run's claim is still next to them
     spec = get_model(saved.plan["model"])
     plan = PlanCls.from_dict(saved.plan, spec)
     hw = hardware if hardware is not None else probe(settings.home)

@@ -365,6 +365,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     """
     from .generation import build_metadata, record, render
     from .media import concat
+    from .runtime import latents as latents_io
     from .media.encode import write_sidecar
 
     t_start = time.perf_counter()
@@ -430,7 +431,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                     scene_timings = dict(rendered.timings, total_s=round(time.perf_counter() - rendered.t_start, 3))
                     meta = build_metadata(plan, rendered.spec, scene_timings) | rendered.extra
             finally:
-                rendered.latents_file.unlink(missing_ok=True)
+                latents_io.discard(rendered.latents_file)
             if size is None or None in size:
                 size = (plan.width, plan.height)  # every later scene at the first one's size
             segment_meta.append(meta)

@@ -7,6 +7,7 @@ the planner's estimate for a phase exceeds a budget. Pipelines, VAE decode and e
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -254,3 +255,83 @@ def test_decode_of_a_file_that_is_not_latents_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not safetensors")
     r = run_cli("decode", str(bogus))
     assert r.returncode != 0 and "not a localvideo latents file" in r.stderr and "Traceback" not in r.stderr
+
+
+RUN_AND_WAIT = """
+import sys, time
+import torch
+import localvideo
+from localvideo.errors import GenerationFailed
+from localvideo.hardware import Hardware
+from localvideo.runtime.runner import MemoryGuard
+
+class Decode(MemoryGuard):
+    def check(self, phase, plan, step=None):
+        if phase != "decode":
+            return
+        if sys.argv[1] == "block":  # the latents are saved; the VAE is decoding: stop here until killed
+            print("ready", flush=True)
+            time.sleep(600)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated decode)")
+
+try:
+    localvideo.generate("a paper boat", model="tiny-wan", seed=5, steps=1, width=64, height=64, num_frames=5,
+                        output=sys.argv[2], hardware=Hardware.assumed(None, ram_gb=16), guard=Decode())
+except GenerationFailed as e:
+    print("ready", e.details["latents"], e.hint, flush=True)
+    time.sleep(600)  # and then killed, before anyone decoded them
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="judges processes through /proc")
+def test_latents_of_a_run_killed_while_decoding_are_swept_but_latents_a_failed_decode_promised_survive(
+        tmp_path, lv_home):
+    """Two real runs, both SIGKILLed after their latents were saved: one in the middle of its decode (nobody was
+    told of its latents: swept), one after its decode failed for good and told the user to finish with `localvideo
+    decode FILE` (those latents are the user's: they survive the sweep, and decode)."""
+    import os
+    import signal
+    import subprocess
+
+    from localvideo.runtime import leftovers
+
+    folder = lv_home / "latents"
+    runs = {how: subprocess.Popen([sys.executable, "-c", RUN_AND_WAIT, how, str(tmp_path / f"{how}-lat.mp4")],
+                                  stdout=subprocess.PIPE, text=True) for how in ("block", "fail")}
+    try:
+        lines = {how: p.stdout.readline().split(" ", 2) for how, p in runs.items()}
+        assert lines["block"] == ["ready\n"] and lines["fail"][0] == "ready"
+        promised = lines["fail"][1]
+        assert promised == str(folder / "fail-lat.latents.safetensors")
+        assert f"localvideo decode {promised}" in lines["fail"][2]
+        killed = folder / "block-lat.latents.safetensors"
+        assert killed.is_file() and os.path.isfile(promised)
+        claims = sorted(p.name for p in folder.glob(".*-lat.latents.safetensors.inuse-*"))
+        assert len(claims) == 1 and f"_{runs['block'].pid}_" in claims[0], "the failed run ended its claim"
+        assert leftovers.sweep([folder]) == [] and killed.is_file(), "alive: never swept"
+    finally:
+        for p in runs.values():
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+    removed = leftovers.sweep([folder])
+    assert {(r.kind, r.path.name) for r in removed} == {("latents of a killed run", killed.name),
+                                                        ("claim on latents", claims[0])}
+    assert not killed.exists() and not list(folder.glob(".block-lat.*"))
+    assert os.path.isfile(promised), "promised to the user: kept"
+    r = run_cli("decode", promised, "--output", str(tmp_path / "finished.mp4"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["frames"] == 5
+
+
+def test_kept_latents_are_released_to_the_user(tmp_path, lv_home):
+    from localvideo.runtime import leftovers
+
+    localvideo.generate(PROMPT, model="tiny-wan", seed=1, steps=1, width=64, height=64, num_frames=5,
+                        output=str(tmp_path / "kept-lat.mp4"), hardware=CPU, keep_latents=True)
+    folder = lv_home / "latents"
+    assert (folder / "kept-lat.latents.safetensors").is_file()
+    assert not list(folder.glob(".kept-lat.*")), "no claim left: they are the user's"
+    localvideo.generate(PROMPT, model="tiny-wan", seed=1, steps=1, width=64, height=64, num_frames=5,
+                        output=str(tmp_path / "gone-lat.mp4"), hardware=CPU)
+    assert not list(folder.glob("*gone-lat*")) and not list(folder.glob(".gone-lat*")), "latents and claim removed"
+    assert all(r.path.name != "kept-lat.latents.safetensors" for r in leftovers.sweep([folder]))

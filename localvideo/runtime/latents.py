@@ -2,6 +2,14 @@
 
 A ``.latents.safetensors`` file holds the latents tensor, the random generator's state (LTX adds decode noise
 from it) and the plan as JSON, which is everything ``localvideo decode FILE`` needs.
+
+While its run is deciding what becomes of them, the latents are *claimed*: an empty file
+``.<name>.inuse-<owner tag>`` next to them (:mod:`localvideo.runtime.leftovers`), made before they are written. The
+run ends the claim one of two ways: :func:`discard` (a written MP4 or a cancel: the latents go) or :func:`release`
+(the user asked to keep them, or a failed decode told the user to finish with ``localvideo decode FILE``: from then on
+they are the user's and nothing removes them). A process killed in between (SIGKILL, out of memory, power loss) leaves
+the claim; the leftovers sweep then removes latents and claim once that process is provably gone — latents nobody was
+told about. Unclaimed latents are never swept.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequest
+from .leftovers import owner_tag
 
 FORMAT = "localvideo-latents/1"
 
@@ -30,19 +39,58 @@ def latents_path_for(video_path: Path, folder: Path) -> Path:
     return folder / f"{video_path.stem}.latents.safetensors"
 
 
+def claim_path(path: Path) -> Path:
+    """This process's claim on the latents at ``path``."""
+    return path.with_name(f".{path.name}.inuse-{owner_tag()}")
+
+
 def save(path: Path, latents, generator_state, plan_dict: dict) -> Path:
-    """Write atomically (temp file + rename) next to nothing else: ``path`` is the final file name."""
+    """Claim ``path`` for this run, then write atomically (temp file + rename): ``path`` is the final file name."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    claim_path(path).touch()  # first: killed from here on, the sweep can tell these latents were nobody's
     tensors = {"latents": latents.detach().to("cpu").contiguous()}
     meta = {"format": FORMAT, "plan": json.dumps(plan_dict, ensure_ascii=False, default=str)}
     if generator_state is not None:
         meta["generator_state"] = base64.b64encode(generator_state.numpy().tobytes()).decode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{owner_tag()}.partial")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def release(path: Path | None) -> None:
+    """End this run's claim and keep the latents: they are the user's now (asked for, or promised by an error)."""
+    if path is not None:
+        claim_path(path).unlink(missing_ok=True)
+
+
+def discard(path: Path | None) -> None:
+    """Remove the latents (the MP4 is written, or the run was cancelled) and then this run's claim on them."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+        release(path)
+
+
+def adopt(path: Path) -> None:
+    """The user is finishing these latents (``localvideo decode``): end the claims of runs that are provably gone,
+    so that the sweep never takes a file the user is using."""
+    from . import leftovers
+
+    prefix = f".{path.name}.inuse-"
+    try:
+        claims = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for claim in claims:
+        owner = leftovers.parse_tag(claim.name[len(prefix):])
+        if owner is not None and leftovers.why_abandoned(owner) is not None:
+            claim.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike) -> SavedLatents:

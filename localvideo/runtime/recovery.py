@@ -178,6 +178,8 @@ def decode_with_recovery(pipe, spec: ModelSpec, plan: Plan, latents, generator=N
             if not plan.vae_tiling:
                 plan = next_rung(plan, spec, "decode")
                 continue
+            # The error promises these latents to the user (localvideo decode FILE): from here on they are theirs.
+            latents_io.release(latents_path)
             where = f" The denoised latents are saved at {latents_path}." if latents_path else ""
             raise GenerationFailed(
                 f"Decoding ran out of memory even with VAE tiling.{where}",

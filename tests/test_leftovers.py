@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,102 @@ def test_the_temp_file_of_a_video_killed_while_encoding_is_swept(tmp_path):
     (r,) = leftovers.sweep([tmp_path])
     assert r.kind == "video being encoded" and r.path == tmp and r.bytes > 0
     assert list(tmp_path.iterdir()) == []
+
+
+LEAVE_IN_HOME = """
+import sys
+from pathlib import Path
+from localvideo.runtime.leftovers import owner_tag
+from localvideo.story import work_folder
+outputs, latents, job = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(outputs / job).mkdir(parents=True)
+work = work_folder(outputs / job / "video.mp4")  # a story job's work folder, as story.py names it
+work.mkdir()
+(work / "scene-001.npy").write_bytes(b"\\0" * 200_000)
+(outputs / f".cli.mp4.{owner_tag()}.partial.mp4").write_bytes(b"\\0" * 100)
+latents.mkdir(parents=True, exist_ok=True)
+(latents / f".{job}.latents.safetensors.inuse-{owner_tag()}").touch()
+(latents / f"{job}.latents.safetensors").write_bytes(b"\\0" * 300)
+"""
+
+
+def _leave(home: Path, job: str, outputs: Path | None = None) -> subprocess.Popen:
+    return spawn(LEAVE_IN_HOME, str(outputs or home / "outputs"), str(home / "latents"), job)
+
+
+def _foreign(outputs: Path) -> Path:
+    """A work folder of a process of another host (outputs on a folder shared between machines)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other = dataclasses.replace(leftovers.me(), host="gpu2", pid=dead.pid)
+    folder = outputs / "job-of-gpu2" / f".video.segments.partial-{other.tag}"
+    folder.mkdir(parents=True)
+    (folder / "scene-001.npy").write_bytes(b"\0" * 10)
+    return folder
+
+
+def _state(home: Path, outputs: Path) -> dict:
+    return {"outputs": sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*")),
+            "latents": sorted(p.name for p in (home / "latents").iterdir() if "svc-job" in p.name)}
+
+
+def test_job_service_start_sweeps_killed_runs_leftovers_and_nothing_else(lv_home, tmp_path):
+    from localvideo.hardware import Hardware
+    from localvideo.jobs import JobService
+    from localvideo.settings import Settings
+
+    settings = Settings(home=lv_home, jobs_db_path=tmp_path / "jobs.db", outputs_dir=tmp_path / "outputs")
+    dead = _leave(lv_home, "svc-job-dead", settings.outputs)
+    kill(dead)
+    alive = _leave(lv_home, "svc-job-alive", settings.outputs)
+    foreign = _foreign(settings.outputs)
+    kept = lv_home / "latents" / "svc-job-kept.latents.safetensors"  # released to the user: no claim
+    kept.write_bytes(b"\0" * 10)
+    try:
+        svc = JobService(settings, hardware=Hardware.assumed(None, ram_gb=16), workers=1).start()
+        try:
+            assert svc.sweep_done.wait(60)
+            after = _state(lv_home, settings.outputs)
+        finally:
+            svc.close()
+        mine = [r for r in svc.swept if "svc-job" in str(r.path) or r.path.parent == settings.outputs]
+        assert sorted((r.kind, r.bytes) for r in mine) == [
+            ("claim on latents", 0), ("latents of a killed run", 300), ("story work folder", 200_000),
+            ("video being encoded", 100)]
+        assert all(f"process {dead.pid}" in r.reason for r in mine)
+        assert after["latents"] == sorted([f".svc-job-alive.latents.safetensors.inuse-{_tag_of(alive)}",
+                                           "svc-job-alive.latents.safetensors", kept.name])
+        assert any(".video.segments.partial-" in p and p.startswith("svc-job-alive/") for p in after["outputs"])
+        assert not any(p.startswith("svc-job-dead/.") for p in after["outputs"])
+        assert foreign.is_dir() and (foreign / "scene-001.npy").is_file()
+    finally:
+        kill(alive)
+        kept.unlink()
+
+
+def _tag_of(p: subprocess.Popen) -> str:
+    return dataclasses.replace(leftovers.me(), pid=p.pid, start=leftovers._start_of(p.pid)).tag
+
+
+def test_localvideo_serve_sweeps_at_start_and_says_what_it_removed(tmp_path):
+    from _live import LiveServer
+
+    home = tmp_path / "home"
+    dead = _leave(home, "serve-job")
+    kill(dead)
+    foreign = _foreign(home / "outputs")
+    work = next((home / "outputs" / "serve-job").iterdir())
+    server = LiveServer(home, extra_args=("--no-ui",)).start()
+    try:
+        deadline = time.monotonic() + 60
+        while work.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not work.exists() and not (home / "latents" / "serve-job.latents.safetensors").exists()
+        assert foreign.is_dir()
+        while "job service start: removed" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        total = leftovers.human(200_000 + 100 + 300)
+        assert f"job service start: removed 4 leftover(s) of killed runs, {total} in all" in server.log()
+        assert f"{work} ({leftovers.human(200_000)}, story work folder)" in server.log()
+    finally:
+        server.stop()

@@ -7,7 +7,9 @@ warm pipeline cache. Every change is written to the store first and then publish
 
 One service owns a job database at a time (an OS file lock, released when the process dies). On start, jobs that
 were ``running`` when the previous process died become ``interrupted``, their partial files are removed, and they can
-be retried.
+be retried. Then, in the background, what killed processes of this machine left elsewhere is swept
+(:mod:`localvideo.runtime.leftovers`): story work folders, temp videos and files in the outputs folder, its job folders
+and the shared folder, latents of killed runs (never latents kept or promised to the user), tiny-model builds.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class JobService:
         self._plock = _ProcessLock(Path(str(self.settings.jobs_db) + ".lock"))
         self.recovered: list[Job] = []
         self.executor_error: str | None = None
+        self.swept: list = []  # leftovers.Removed: what the start-up sweep removed
+        self.sweep_done = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> "JobService":
@@ -107,8 +111,23 @@ class JobService:
             self._clean_dir(job.id)
             log.warning("job %s was running when the previous server stopped; it is now interrupted", job.id)
         self._started = True
+        threading.Thread(target=self._sweep_leftovers, name="localvideo-sweep", daemon=True).start()
         threading.Thread(target=self._start_workers, name="localvideo-jobs-start", daemon=True).start()
         return self
+
+    def _sweep_leftovers(self) -> None:
+        """Remove what killed runs of this machine left (work folders, temp files, latents nobody was told about)
+        in the folders this service writes to; only provably abandoned entries, logged with their sizes."""
+        from ..runtime import leftovers
+
+        s = self.settings
+        try:
+            self.swept = leftovers.sweep([s.outputs, *([s.shared_dir] if s.shared_dir else []), s.home / "latents",
+                                          s.tiny], children=True, context="job service start")
+        except Exception:  # noqa: BLE001 - a sweep must never keep the service from starting
+            log.exception("the sweep of killed runs' leftovers failed")
+        finally:
+            self.sweep_done.set()
 
     def _start_workers(self) -> None:
         from .worker import Worker

@@ -39,7 +39,8 @@ Which names the sweep knows (all hidden, in one folder; ``TAG`` is an owner tag)
 ===================================================  =========================================================
 
 It only lists the folders it is given (and with ``children=True`` their direct sub-folders), so it is cheap; sizes are
-measured only for what it removes.
+measured only for what it removes. Each removal is logged (INFO) with its size and reason, and a summary as a WARNING
+(shown even where logging is not configured: ``localvideo serve``, the CLI).
 """
 
 from __future__ import annotations
@@ -390,9 +391,12 @@ def sweep(folders: Iterable[str | os.PathLike], *, children: bool = False, conte
                 _sweep_folder(sub, removed)
     for r in removed:
         log.info("removed %s %s (%s): %s", r.kind, r.path, human(r.bytes), r.reason)
-    if removed:
-        log.info("%sremoved %d leftover(s) of killed runs, %s in all (%.2f s)", f"{context}: " if context else "",
-                 len(removed), human(sum(r.bytes for r in removed)), time.perf_counter() - t0)
+    if removed:  # a warning, so that it shows where nothing configured logging (localvideo serve, the CLI)
+        shown = "; ".join(f"{r.path} ({human(r.bytes)}, {r.kind})" for r in removed[:5])
+        more = f"; and {len(removed) - 5} more" if len(removed) > 5 else ""
+        log.warning("%sremoved %d leftover(s) of killed runs, %s in all (%.2f s): %s%s",
+                    f"{context}: " if context else "", len(removed), human(sum(r.bytes for r in removed)),
+                    time.perf_counter() - t0, shown, more)
     return removed
 
 

@@ -259,3 +259,32 @@ def test_localvideo_serve_sweeps_at_start_and_says_what_it_removed(tmp_path):
         assert f"{work} ({leftovers.human(200_000)}, story work folder)" in server.log()
     finally:
         server.stop()
+
+
+def test_a_killed_tiny_model_build_is_swept_at_once(tmp_path):
+    p = spawn("""
+        import sys, time
+        from pathlib import Path
+        from localvideo.runtime import tiny
+
+        class Pipe:  # stands in for the diffusers pipeline: killed while saving
+            def save_pretrained(self, folder, **kw):
+                Path(folder).mkdir()
+                (Path(folder) / "diffusion_pytorch_model.safetensors").write_bytes(b"\\0" * 4096)
+                print("ready", flush=True)
+                time.sleep(600)
+
+        tiny.make_tiny_pipeline = lambda family: Pipe()
+        tiny.build_tiny_pipeline("wan", Path(sys.argv[1]) / "tiny-wan")
+    """, str(tmp_path))
+    try:
+        (build,) = tmp_path.iterdir()
+        assert build.name.startswith(".tiny-wan.building-") and f"_{p.pid}_" in build.name
+        from localvideo.runtime import tiny
+
+        tiny._remove_stale_leftovers(tmp_path / "tiny-wan")
+        assert build.is_dir(), "still building"
+    finally:
+        kill(p)
+    tiny._remove_stale_leftovers(tmp_path / "tiny-wan")  # fresh (not an hour old), but provably abandoned
+    assert list(tmp_path.iterdir()) == []

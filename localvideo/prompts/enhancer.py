@@ -272,7 +272,10 @@ def save_lm(tok, model, dest: Path, marker: dict | None = None) -> Path:
     tlog.disable_progress_bar()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from ..runtime.leftovers import owner_tag
+
+    tag = owner_tag()  # names this process: a killed build's folder is swept later (runtime.leftovers)
+    tmp = dest.parent / f".{dest.name}.building-{tag}-{uuid.uuid4().hex[:8]}"
     try:
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -281,7 +284,7 @@ def save_lm(tok, model, dest: Path, marker: dict | None = None) -> Path:
         if dest.exists():
             import shutil
 
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            old = dest.parent / f".{dest.name}.old-{tag}-{uuid.uuid4().hex[:8]}"
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)

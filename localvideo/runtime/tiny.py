@@ -466,7 +466,9 @@ def build_tiny_pipeline(family: str, dest: Path) -> Path:
     _check_family(family)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from .leftovers import owner_tag
+
+    tag = f"{owner_tag()}-{uuid.uuid4().hex[:8]}"  # names this process: a killed build's folder is swept later
     tmp = dest.parent / f".{dest.name}.building-{tag}"
     try:
         pipe = make_tiny_pipeline(family)
@@ -549,8 +551,12 @@ def _is_built(folder: Path, family: str) -> bool:
 
 
 def _remove_stale_leftovers(dest: Path, older_than_s: float = 3600.0) -> None:
-    """Remove temp folders that a killed build left next to ``dest`` (only old ones: a concurrent direct
-    ``build_tiny_pipeline`` call may still be writing a fresh one)."""
+    """Remove temp folders that a killed build left next to ``dest``: at once when their name proves the building
+    process gone (:mod:`localvideo.runtime.leftovers`), else only old ones (names of older builds carry the pid
+    alone, and a concurrent direct ``build_tiny_pipeline`` call may still be writing a fresh one)."""
+    from . import leftovers
+
+    leftovers.sweep([dest.parent], context="tiny model build")
     now = time.time()
     for pattern in (f".{dest.name}.building-*", f".{dest.name}.old-*"):
         for path in dest.parent.glob(pattern):

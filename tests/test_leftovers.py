@@ -288,3 +288,32 @@ def test_a_killed_tiny_model_build_is_swept_at_once(tmp_path):
         kill(p)
     tiny._remove_stale_leftovers(tmp_path / "tiny-wan")  # fresh (not an hour old), but provably abandoned
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_user_never_sweeps_another_user_s_leftovers():
+    """With /proc mounted hidepid, another user's processes look gone: so only this user's entries are judged."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lv-users-"))
+    try:
+        folder.chmod(0o777)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        tag = dataclasses.replace(leftovers.me(), pid=dead.pid).tag
+        roots = folder / f".root.mp4.{tag}.partial.mp4"
+        roots.write_bytes(b"x")
+        nobodys = folder / f".nobody.mp4.{tag}.partial.mp4"
+        nobodys.write_bytes(b"x")
+        os.chown(nobodys, 65534, 65534)
+        r = subprocess.run([sys.executable, "-c", "import os, sys; from localvideo.runtime.leftovers import me, "
+                            "sweep, human; me(); human(1); "  # everything loaded: the stdlib is root's only
+                            "os.setegid(65534); os.seteuid(65534); "  # now user 65534 (nobody), as far as files go
+                            "print([x.path.name for x in sweep([sys.argv[1]])])", str(folder)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == repr([nobodys.name])
+        assert roots.exists() and not nobodys.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -23,9 +23,10 @@ kernel each have their own pids). ``x`` always means unknown.
   namespace, that process id is not running (or is a zombie), or it is now a process that started at another time
   (the id was reused).
 
-Anything else is left alone: a live process's entry, one of another host or container, a name this module does not
-know (older builds named temp files by pid only; those cannot be proven abandoned), and every file a user was
-promised (kept latents carry no tag: see :mod:`localvideo.runtime.latents`).
+Anything else is left alone: a live process's entry, one of another host or container, one owned by another user
+(unless running as root: another user's processes may be hidden from this one), a name this module does not know
+(older builds named temp files by pid only; those cannot be proven abandoned), and every file a user was promised
+(kept latents carry no tag: see :mod:`localvideo.runtime.latents`).
 
 Which names the sweep knows (all hidden, in one folder; ``TAG`` is an owner tag):
 
@@ -278,6 +279,18 @@ def _kind_of(entry: os.DirEntry) -> str | None:
     return None
 
 
+def _ours_to_judge(entry: os.DirEntry) -> bool:
+    """Only entries of this user (or any, as root): another user's processes may be hidden from this one
+    (``/proc`` mounted with ``hidepid``), so their absence proves nothing."""
+    euid = getattr(os, "geteuid", lambda: None)()
+    if euid is None or euid == 0:
+        return True
+    try:
+        return entry.stat(follow_symlinks=False).st_uid == euid
+    except OSError:
+        return False
+
+
 def _claims(folder: Path, target: str) -> list[Owner]:
     prefix = f".{target}.inuse-"
     out = []
@@ -325,7 +338,7 @@ def _sweep_folder(folder: Path, removed: list[Removed]) -> list[Path]:
             m = rule.match(entry.name)
             if m is None:
                 continue
-            if what != must_be:
+            if what != must_be or not _ours_to_judge(entry):
                 break
             owner = _owner(m)
             why = why_abandoned(owner)

@@ -231,6 +231,8 @@ def test_job_service_start_sweeps_killed_runs_leftovers_and_nothing_else(lv_home
     finally:
         kill(alive)
         kept.unlink()
+        for p in (lv_home / "latents").glob("*svc-job-alive*"):  # the session's latents folder: leave it clean
+            p.unlink()
 
 
 def _tag_of(p: subprocess.Popen) -> str:

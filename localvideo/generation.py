@@ -55,6 +55,7 @@ class GenerationResult:
     height: int = 0
     fps: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    latents: Path | None = None  # the kept denoised latents (``keep_latents=True``), for ``localvideo decode``
 
     @property
     def seed(self) -> int:
@@ -67,7 +68,7 @@ class GenerationResult:
             "width": self.width, "height": self.height, "fps": self.fps, "strategy": self.plan.strategy,
             "vae_tiling": self.plan.vae_tiling, "cache_hit": self.cache_hit, "timings": self.timings,
             "notes": list(self.plan.notes), "degraded": list(self.plan.degraded), "warnings": self.warnings,
-            "metadata": self.metadata,
+            "metadata": self.metadata, "latents": str(self.latents) if self.latents else None,
         }
 
 
@@ -187,7 +188,7 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
 
     cache = cache if cache is not None else default_cache(settings)
     emit(runner.Progress("loading", 0, plan.steps, time.perf_counter() - t_start))
-    latents_file = latents_io.latents_path_for(out_path, settings.home / "latents")
+    latents_file = latents_io.reserve(out_path, settings.home / "latents")  # claimed from here on
     image_info: dict = {}
 
     def inputs(p: Plan) -> dict:
@@ -251,6 +252,7 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     result.cache_hit = r.cache_hit
     if keep_latents:
         latents_io.release(r.latents_file)
+        result.latents = r.latents_file
     else:
         latents_io.discard(r.latents_file)
     return result

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import GenerationFailed, InvalidRequest
 from .leftovers import owner_tag
 
 FORMAT = "localvideo-latents/1"
@@ -36,7 +36,37 @@ class SavedLatents:
 
 
 def latents_path_for(video_path: Path, folder: Path) -> Path:
+    """The first-choice name of a video's latents (see :func:`reserve` for the one a run actually gets)."""
     return folder / f"{video_path.stem}.latents.safetensors"
+
+
+def reserve(video_path: Path, folder: Path, attempts: int = 1000) -> Path:
+    """A latents path for this run that no other run and no kept file uses, claimed at once.
+
+    The first choice is ``<video stem>.latents.safetensors``; when that file exists (kept for the user, or promised
+    by a failed decode) or another run claims it — concurrent jobs all write ``video.mp4`` in their own folders,
+    story scenes are all ``scene-NNN`` — the run takes ``<stem>-2``, ``-3``… The claim is created with O_EXCL, so two
+    threads of one process never get the same name; two processes (other tags) that claim one free name in the same
+    instant each see the other's claim and both move on.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, attempts + 1):
+        path = folder / (f"{video_path.stem}.latents.safetensors" if n == 1 else
+                         f"{video_path.stem}-{n}.latents.safetensors")
+        if path.exists():
+            continue
+        mine = claim_path(path)
+        try:
+            os.close(os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        prefix = f".{path.name}.inuse-"
+        if path.exists() or any(p.name.startswith(prefix) and p != mine for p in folder.iterdir()):
+            mine.unlink(missing_ok=True)
+            continue
+        return path
+    raise GenerationFailed(f"No free name for the latents of {video_path.name} in {folder} after {attempts} tries.",
+                           hint=f"Remove old .latents.safetensors files from {folder}.")
 
 
 def claim_path(path: Path) -> Path:

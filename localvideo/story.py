@@ -72,11 +72,12 @@ class StoryProgress:
     total: int = 0
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    message: str | None = None  # one true sentence when the phase alone would mislead (a wait for the model)
 
     def to_dict(self) -> dict:
         return {"scene": self.scene, "scenes": self.scenes, "phase": self.phase, "step": self.step,
                 "total": self.total, "elapsed_s": round(self.elapsed_s, 3),
-                "eta_s": None if self.eta_s is None else round(self.eta_s, 3)}
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 3), "message": self.message}
 
 
 @dataclass
@@ -402,7 +403,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
             def forward(p, k=k) -> None:
                 if p.phase != "done":
                     emit(StoryProgress(k + 1, len(scenes), p.phase, p.step, p.total,
-                                       time.perf_counter() - t_start, None))
+                                       time.perf_counter() - t_start, None, getattr(p, "message", None)))
 
             continued = transitions[k] == "continued"
             use_image = str(seed_image) if (continued or (k == 0 and seed_image is not None)) else None

@@ -443,3 +443,13 @@ def test_a_killed_story_s_work_folder_is_swept_by_the_next_story_but_never_a_liv
     assert "before a story: removed 1 leftover(s)" in caplog.text
     assert (foreign / "scene-001.npy").is_file(), "another host's work folder is never touched"
     assert sorted(x.name for x in tmp_path.glob("*.mp4")) == ["after.mp4", "while-alive.mp4"]
+
+
+def test_a_scene_waiting_for_the_model_carries_the_message_into_the_jobs_progress():
+    from localvideo.jobs.executors import job_progress
+    from localvideo.runtime.recovery import WAITING_FOR_MODEL
+    from localvideo.story import StoryProgress
+
+    p = job_progress(StoryProgress(2, 3, "queued", 0, 8, 1.0, None, WAITING_FOR_MODEL))
+    assert (p.scene, p.scenes, p.phase, p.message) == (2, 3, "queued", WAITING_FOR_MODEL)
+    assert StoryProgress(1, 3, "denoising").to_dict()["message"] is None

@@ -352,7 +352,8 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
         task = "t2v" if "t2v" in m.tasks else m.tasks[0]
         try:
             p = plan(GenerationRequest(prompt="doctor", model=m.id, seed=0,
-                                       image=None if task == "t2v" else "input.png"), m, hw, task=task)
+                                       image=None if task == "t2v" else "input.png",
+                                       last_image="last.png" if m.requires_last_image else None), m, hw, task=task)
             entry |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
                       "peak_gb": round(p.estimate.peak_device_bytes / GB, 1)}
         except Err as e:

@@ -127,5 +127,6 @@ def test_doctor_reports_hardware_and_what_fits():
     assert d["hardware"]["ram_total_bytes"] > 0 and d["hardware"]["cpu_count"] >= 1
     fits = {m["model"]: m for m in d["models"]}
     assert fits["tiny-wan"]["fits"] is True
+    assert fits["tiny-wan-flf2v"]["fits"] is True  # planned with the first and last frame it needs
     text = run_cli("doctor").stdout
     assert "What fits" in text and "ram" in text

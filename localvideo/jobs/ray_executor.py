@@ -464,12 +464,14 @@ class RayExecutor:
                 shutil.move(str(p), str(folder / p.name))
             shutil.rmtree(target, ignore_errors=True)
         else:  # stream back over Ray
+            from ..runtime.leftovers import owner_tag
+
             files = ray.get(actor.handle.take_files.remote(job.id, target), timeout=CALL_TIMEOUT_S * 4)
             if VIDEO_NAME not in files:
                 raise FileNotFoundError(f"{actor.label} has no {VIDEO_NAME} for the job")
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
-                tmp = folder / f".{name}.{os.getpid()}.partial"
+                tmp = folder / f".{name}.{owner_tag()}.partial"  # a killed head's leftover is swept
                 tmp.write_bytes(data)
                 os.replace(tmp, folder / name)
         size = (folder / VIDEO_NAME).stat().st_size

@@ -319,3 +319,70 @@ def test_a_user_never_sweeps_another_user_s_leftovers():
         assert roots.exists() and not nobodys.exists()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+ELSEWHERE = """
+import sys
+from localvideo.runtime import leftovers
+leftovers._host = lambda: sys.argv[2]  # another container (docker run --rm: a new host name each time) ...
+leftovers._pid_ns = lambda: "4026531999"  # ... with its own pid namespace: its pids mean nothing here
+""" + MAKE_TEMPS
+
+
+def test_a_free_liveness_lock_proves_a_process_of_another_container_gone(tmp_path, caplog):
+    """Containers started with ``docker run --rm`` get a new host name and pid namespace each time: the process table
+    cannot judge what the last one left. Its liveness lock can: the kernel held it while the process lived."""
+    p = spawn(ELSEWHERE, str(tmp_path), "ctr-1a2b3c")
+    try:
+        (tag,) = {n.split("partial-")[1] for n in os.listdir(tmp_path) if "segments" in n}
+        owner = leftovers.parse_tag(tag)
+        assert owner.host == "ctr-1a2b3c" and owner.pid == p.pid
+        assert (leftovers.lock_dir() / f"{tag}.lock").is_file()
+        assert leftovers.sweep([tmp_path]) == [], "alive: its lock is held"
+    finally:
+        kill(p)
+    with caplog.at_level(logging.INFO, logger="localvideo.runtime.leftovers"):
+        removed = leftovers.sweep([tmp_path])
+    assert list(tmp_path.iterdir()) == []
+    assert len(removed) == 3 and all(r.reason == f"left by process {p.pid}: its process is gone (its liveness lock "
+                                                 f"is free)" for r in removed)
+
+
+def test_a_free_lock_on_a_network_file_system_proves_nothing(tmp_path, monkeypatch):
+    """Some NFS mounts keep flocks local to each client: there a free lock says nothing of another machine."""
+    p = spawn(ELSEWHERE, str(tmp_path), "ctr-4d5e6f")
+    kill(p)
+    with monkeypatch.context() as m:
+        m.setattr(leftovers, "_fs_type", lambda path: "nfs4")
+        assert leftovers.sweep([tmp_path]) == [] and len(list(tmp_path.iterdir())) == 3
+    assert len(leftovers.sweep([tmp_path])) == 3
+
+
+def test_old_free_locks_are_removed_and_held_ones_never(tmp_path):
+    alive = spawn("from localvideo.runtime.leftovers import owner_tag; owner_tag()")
+    dead = spawn("from localvideo.runtime.leftovers import owner_tag; owner_tag()")
+    recent = spawn("from localvideo.runtime.leftovers import owner_tag; owner_tag()")
+    try:
+        kill(dead)
+        kill(recent)
+        locks = {p: _lock_of(p) for p in (alive, dead, recent)}
+        old = time.time() - leftovers.LOCK_KEEP_S - 3600
+        for p in (alive, dead):
+            os.utime(locks[p], (old, old))
+        leftovers.sweep([tmp_path])
+        assert locks[alive].exists() and locks[recent].exists() and not locks[dead].exists()
+        assert (leftovers.lock_dir() / f"{leftovers.owner_tag()}.lock").exists()  # this process's own
+    finally:
+        kill(alive)
+        for path in locks.values():
+            path.unlink(missing_ok=True)
+
+
+def _lock_of(p: subprocess.Popen) -> Path:
+    (path,) = [x for x in leftovers.lock_dir().glob("*.lock") if f"_{p.pid}_" in x.name]
+    return path
+
+
+def test_fs_type_reads_the_mount_holding_a_path():
+    assert leftovers._fs_type(Path("/proc/self")) == "proc"
+    assert leftovers._fs_type(leftovers.lock_dir().parent) is not None

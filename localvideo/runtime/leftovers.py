@@ -23,7 +23,16 @@ kernel each have their own pids). ``x`` always means unknown.
   namespace, that process id is not running (or is a zombie), or it is now a process that started at another time
   (the id was reused).
 
-Anything else is left alone: a live process's entry, one of another host or container, one owned by another user
+Or, whatever its host name, pid namespace or boot: its **liveness lock** is free. :func:`owner_tag` first takes an
+exclusive ``flock`` on ``<LOCALVIDEO_HOME>/run/<tag>.lock`` and holds it for the life of the process; the kernel drops
+it when the process ends, however it ends (a SIGKILL, an OOM kill, a reboot). A lock nobody holds thus proves its
+process gone — on a local file system only (ext4, xfs, btrfs, overlay, tmpfs, …: one kernel holds every flock on it,
+across containers); on NFS, SMB or FUSE a free lock proves nothing and is not used. This is what clears what a
+container left (``docker run --rm`` gives each run a new host name and pid namespace; a host without
+``/etc/machine-id`` cannot tell its own reboot), as long as ``LOCALVIDEO_HOME`` is kept between runs (a volume).
+The sweep removes free lock files a month old.
+
+Anything else is left alone: a live process's entry, one of another host or container without a free lock here, one owned by another user
 (unless running as root: another user's processes may be hidden from this one), a name this module does not know
 (older builds named temp files by pid only; those cannot be proven abandoned), and every file a user was promised
 (kept latents carry no tag: see :mod:`localvideo.runtime.latents`).
@@ -54,10 +63,16 @@ import shutil
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no liveness locks (the process-table proofs still apply)
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +207,150 @@ def me() -> Owner:
 
 
 def owner_tag() -> str:
-    """The tag to put in the name of a temp file or folder this process makes (see the module docstring)."""
-    return me().tag
+    """The tag to put in the name of a temp file or folder this process makes (see the module docstring). Holds this
+    process's liveness lock in the current home first, so that no entry carries the tag before the lock does."""
+    tag = me().tag
+    _hold_lock(tag)
+    return tag
+
+
+# -- liveness locks ----------------------------------------------------------------------------------------------------
+LOCK_DIR_NAME = "run"  # under LOCALVIDEO_HOME
+LOCK_KEEP_S = 30 * 24 * 3600  # a free lock file is removed this long after its process took it
+# File systems on which a free flock proves its holder is gone: they are mounted by one kernel, which holds every
+# flock on them (across containers and pid namespaces) and drops a dead process's locks. Network and FUSE file systems
+# are left out: some mounts keep flocks local to each client (NFS local_lock, nolock), so a free lock there proves
+# nothing about a process on another machine.
+_LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "overlay", "f2fs", "reiserfs", "jfs",
+                       "bcachefs", "ramfs", "vfat", "exfat", "ntfs3"})
+_HELD: dict[tuple[int, str], int] = {}  # (pid, lock folder) -> the open, flocked descriptor (kept for life)
+_HELD_LOCK = threading.Lock()
+
+
+def lock_dir() -> Path:
+    """Where liveness locks live: ``<LOCALVIDEO_HOME>/run``."""
+    from ..settings import get_settings
+
+    return get_settings().home / LOCK_DIR_NAME
+
+
+def _hold_lock(tag: str) -> None:
+    """Take (once per process and home) an exclusive flock on ``<home>/run/<tag>.lock`` and keep it until this
+    process ends: the kernel drops it then, however the process died. Best effort: without it, entries are judged by
+    the process table alone."""
+    if fcntl is None:
+        return
+    try:
+        folder = lock_dir()
+    except Exception:  # noqa: BLE001 - unreadable settings: no lock, nothing else changes
+        return
+    key = (os.getpid(), str(folder))
+    with _HELD_LOCK:
+        if key in _HELD:
+            return
+        path = folder / f"{tag}.lock"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return
+        for _ in range(50):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a sweep probing it this instant
+                os.close(fd)
+                time.sleep(0.02)
+                continue
+            except OSError:
+                os.close(fd)
+                return
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except OSError:
+                same = False
+            if same:
+                _HELD[key] = fd
+                return
+            os.close(fd)  # a sweep removed the file between open and flock: take a fresh one
+
+
+def _fs_type(path: Path) -> str | None:
+    """The file system type of the mount holding ``path`` (Linux ``/proc/self/mountinfo``), None when unknown."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best, kind = -1, None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:  # later lines win a tie: a mount over a mount
+            best, kind = len(mount), tail.split()[0]
+    return kind
+
+
+def _locks_prove() -> bool:
+    """Whether a free lock in :func:`lock_dir` proves its process gone (a local file system, flock available)."""
+    if fcntl is None:
+        return False
+    try:
+        folder = lock_dir()
+    except Exception:  # noqa: BLE001
+        return False
+    return folder.is_dir() and _fs_type(folder) in _LOCAL_FS
+
+
+def _lock_free(path: Path) -> bool:
+    """True when ``path`` exists and nobody holds a flock on it (probed, then released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never created here: only an owner makes its lock
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held (BlockingIOError), or flock refused: proves nothing
+        return False
+    finally:
+        os.close(fd)
+
+
+def _lock_says_gone(owner: Owner) -> bool:
+    return _locks_prove() and _lock_free(lock_dir() / f"{owner.tag}.lock")
+
+
+def _sweep_locks() -> int:
+    """Remove free lock files older than :data:`LOCK_KEEP_S`; returns how many. Held ones are never touched."""
+    if not _locks_prove():
+        return 0
+    folder, n, now = lock_dir(), 0, time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        if not e.name.endswith(".lock") or _kind_of(e) != "file" or not _ours_to_judge(e):
+            continue
+        try:
+            old = now - e.stat(follow_symlinks=False).st_mtime > LOCK_KEEP_S
+        except OSError:
+            continue
+        if old and _lock_free(Path(e.path)):
+            try:
+                os.unlink(e.path)
+                n += 1
+            except OSError:
+                pass
+    return n
 
 
 def parse_tag(tag: str) -> Owner | None:
@@ -221,7 +378,14 @@ def _same_start(a: str, b: str) -> bool | None:
 
 
 def why_abandoned(owner: Owner) -> str | None:
-    """Why ``owner`` is provably gone, or None when it may still be running (or is not this machine's to judge)."""
+    """Why ``owner`` is provably gone, or None when it may still be running (or nothing here can tell)."""
+    why = _process_table_says(owner)
+    if why is None and owner.tag != me().tag and _lock_says_gone(owner):
+        why = "its process is gone (its liveness lock is free)"
+    return why
+
+
+def _process_table_says(owner: Owner) -> str | None:
     here = me()
     if owner.host != here.host or owner.machine != here.machine:
         return None  # another machine (perhaps sharing this folder): never ours to judge
@@ -402,6 +566,12 @@ def sweep(folders: Iterable[str | os.PathLike], *, children: bool = False, conte
         if children:
             for sub in subs:
                 _sweep_folder(sub, removed)
+    try:
+        locks = _sweep_locks()
+    except Exception:  # noqa: BLE001 - never raises
+        locks = 0
+    if locks:
+        log.info("removed %d free liveness lock(s) older than %d days", locks, LOCK_KEEP_S // 86400)
     for r in removed:
         log.info("removed %s %s (%s): %s", r.kind, r.path, human(r.bytes), r.reason)
     if removed:  # a warning, so that it shows where nothing configured logging (localvideo serve, the CLI)
@@ -413,4 +583,4 @@ def sweep(folders: Iterable[str | os.PathLike], *, children: bool = False, conte
     return removed
 
 
-__all__ = ["Owner", "Removed", "TAG_PATTERN", "human", "me", "owner_tag", "parse_tag", "sweep", "why_abandoned"]
+__all__ = ["LOCK_KEEP_S", "Owner", "Removed", "TAG_PATTERN", "human", "lock_dir", "me", "owner_tag", "parse_tag", "sweep", "why_abandoned"]

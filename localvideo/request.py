@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -106,7 +107,9 @@ class GenerationRequest(BaseModel):
             raise InvalidRequest(_one_sentence(e), hint="Check the value and try again.") from None
 
 
-_FIELD_NAMES = {"num_frames": "frames", "negative_prompt": "negative prompt"}
+# in words both a CLI user and an API user recognise (the field names are the API's; the flags are --lora, …)
+_FIELD_NAMES = {"num_frames": "frames", "negative_prompt": "negative prompt", "loras": "LoRA",
+                "step_cache": "step cache", "gguf_path": "GGUF file", "last_image": "last frame"}
 
 
 def _one_sentence(e: ValidationError) -> str:
@@ -166,8 +169,10 @@ def parse_loras(value) -> tuple[tuple[str, float], ...]:
             if sep and head:
                 try:
                     weight, path = float(tail), head
-                except ValueError:
-                    pass  # a colon in the path itself (e.g. C:\\...), no weight given
+                except ValueError:  # a colon in the path itself (e.g. C:\\...), no weight given — unless the part
+                    # before it is a LoRA file: then the weight is what is wrong
+                    if head.lower().endswith((".safetensors", ".bin", ".pt", ".pth")) or Path(head).is_file():
+                        raise ValueError(f"the weight of LoRA '{head}' must be a number (got {tail!r})") from None
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             path, weight = str(item[0]), item[1]
         else:

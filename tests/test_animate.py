@@ -249,5 +249,7 @@ def test_cli_animate(photos, tmp_path):
     bad = run_cli("animate", str(tmp_path / "missing.jpg"), "--json", timeout=60)
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"] == "invalid_request"
     nopar = run_cli("animate", str(photos["coffee"]), "--move", "pan-left", "--no-parallax", "--frames", "4",
-                    "--width", "128", "--height", "96", "--output", str(tmp_path / "n.mp4"), timeout=120)
+                    "--width", "128", "--height", "96", "--output", str(tmp_path / "new") + "/", timeout=120)
     assert nopar.returncode == 0 and "camera-only:disabled" in nopar.stdout
+    (made,) = (tmp_path / "new").glob("*-animate-*-pan-left.mp4")  # a folder that did not exist, as generate makes
+    assert probe(made).frames == 4

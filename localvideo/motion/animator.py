@@ -263,7 +263,8 @@ def _output_path(output, image_name: str, move: str, settings) -> Path:
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-animate-{stem}-{move}.mp4"
     if output:
         p = Path(output).expanduser()
-        return p / name if p.is_dir() else p
+        folder = p.is_dir() or str(output).endswith(("/", "\\")) or not p.suffix  # as generate: a folder to make
+        return p / name if folder else p
     p = settings.outputs / name
     n = 1
     while p.exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,10 @@ def read_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise _too_large(name, None, max_pixels) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        raise InvalidRequest(f"{name} is not an image that can be read (its format was not recognised).",
+                             hint=_HINT_FORMAT, image=name) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise InvalidRequest(f"{name} is not an image that can be read ({_short(e)}).", hint=_HINT_FORMAT,
                              image=name) from e
     w, h = img.size
@@ -201,5 +205,5 @@ def _too_large(name: str, size: tuple[int, int] | None, max_pixels: int) -> Inva
 
 
 def _short(e: BaseException) -> str:
-    s = str(e).strip() or type(e).__name__
+    s = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(e)).strip() or type(e).__name__  # no reprs
     return s if len(s) <= 160 else s[:157] + "…"

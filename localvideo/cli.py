@@ -339,8 +339,7 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     from .catalog import all_models
     from .errors import LocalVideoError as Err
     from .hardware import GB, probe
-    from .planner import plan
-    from .request import GenerationRequest
+    from .planner import plan_at_defaults
     from .runtime.store import find
     from .settings import get_settings
 
@@ -349,11 +348,8 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     fits = []
     for m in all_models():
         entry = {"model": m.id, "installed": find(m, settings) is not None, "random_weights": m.tiny}
-        task = "t2v" if "t2v" in m.tasks else m.tasks[0]
         try:
-            p = plan(GenerationRequest(prompt="doctor", model=m.id, seed=0,
-                                       image=None if task == "t2v" else "input.png",
-                                       last_image="last.png" if m.requires_last_image else None), m, hw, task=task)
+            p = plan_at_defaults(m, hw)
             entry |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
                       "peak_gb": round(p.estimate.peak_device_bytes / GB, 1)}
         except Err as e:

@@ -256,6 +256,8 @@ class Client:
 
     # -- system ----------------------------------------------------------------------------------------------
     def models(self) -> list[dict]:
+        """``GET /v1/models``: one dict per catalog model (id, tasks, installed, pull_command, supports_last_image,
+        requires_last_image, fits at default settings with strategy, peak_gb or the reason it does not)."""
         return self._req("GET", "/v1/models").json()
 
     def system(self) -> dict:
@@ -371,6 +373,7 @@ class AsyncClient:
         return dest
 
     async def models(self) -> list[dict]:
+        """``GET /v1/models``: as :meth:`Client.models`."""
         return (await self._req("GET", "/v1/models")).json()
 
     async def system(self) -> dict:

@@ -409,7 +409,7 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
                              hint=f"Drop --last-image, or use a model that supports it ({takers}).")
     if request.image and spec.requires_last_image and not request.last_image:
         raise InvalidRequest(f"{spec.id} makes a video from a first and a last frame: pass the last frame too.",
-                             hint="Add --last-image end.jpg (API: a last_image upload).")
+                             hint="Add --last-image end.jpg (API: a last_image upload; studio: the Last frame box).")
     if not spec.supports(task):
         raise InvalidRequest(
             f"{spec.id} does {', '.join(spec.tasks)}, not {task}.",
@@ -561,6 +561,20 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
         budget_host_bytes=budget_host, notes=tuple(notes), reasons=tuple(reasons), warnings=tuple(warnings),
         output=request.output, **run_opts,
     )
+
+
+def plan_at_defaults(spec: ModelSpec, hardware: Hardware) -> Plan:
+    """The plan for ``spec`` at its default settings: "does this model fit this machine?" (doctor, GET /v1/models).
+
+    A model that does text-to-video is planned for it; any other for its first task, with a placeholder first frame
+    (i2v at the model's default size) and a placeholder last frame where the model requires one (first-and-last-frame
+    models such as Wan 2.1 FLF2V). Raises like ``plan`` when it does not fit.
+    """
+    task = "t2v" if "t2v" in spec.tasks else spec.tasks[0]
+    image = None if task == "t2v" else "first-frame.png"
+    last_image = "last-frame.png" if image and spec.requires_last_image else None
+    request = GenerationRequest(prompt="fit check", model=spec.id, seed=0, image=image, last_image=last_image)
+    return plan(request, spec, hardware, task=task)
 
 
 def _with_quantization(candidates: list[str], request: GenerationRequest, on_cpu: bool) -> list[tuple[str, str]]:

@@ -14,6 +14,10 @@ def test_health_models_system_and_openapi(api):
     assert api.get("/v1/health").json()["status"] == "ok"
     models = {m["id"]: m for m in api.get("/v1/models").json()}
     assert models["tiny-wan"]["installed"] and models["tiny-wan"]["random_weights"] and models["tiny-wan"]["fits"]
+    flags = ("supports_last_image", "requires_last_image")
+    assert [models["tiny-wan"][k] for k in flags] == [False, False]
+    flf2v = models["tiny-wan-flf2v"]  # a first-and-last-frame model: it says so, and fits when given both frames
+    assert [flf2v[k] for k in flags] == [True, True] and flf2v["fits"] is True and flf2v["reason"] is None
     real = models["wan2.1-t2v-1.3b"]
     assert not real["installed"] and real["pull_command"] == "localvideo models pull wan2.1-t2v-1.3b"
     system = api.get("/v1/system").json()
@@ -22,6 +26,7 @@ def test_health_models_system_and_openapi(api):
     assert spec["info"]["title"] == "localvideo"
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/video",
             "/v1/jobs/{job_id}/thumbnail", "/v1/models", "/v1/system", "/v1/health"} <= set(spec["paths"])
+    assert set(flags) <= set(spec["components"]["schemas"]["ModelOut"]["required"])
     fields = spec["components"]["schemas"]["JobCreate"]["properties"]
     assert {"prompt", "negative_prompt", "model", "width", "height", "num_frames", "fps", "steps", "guidance",
             "seed"} <= set(fields)

@@ -239,3 +239,22 @@ def test_planning_does_not_import_torch():
             "Hardware.assumed(80)); print('torch' in sys.modules, 'diffusers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False False"
+
+
+# -- "does it fit at its defaults" (doctor, GET /v1/models) --------------------------------------------------------
+
+def test_plan_at_defaults_gives_each_model_the_inputs_it_needs():
+    from localvideo.planner import plan_at_defaults
+
+    big = hw(80, 256)
+    for spec in all_models():  # every model fits a big GPU at its defaults: no "pass the image / last frame too"
+        p = plan_at_defaults(spec, big)
+        assert p.task == ("t2v" if "t2v" in spec.tasks else spec.tasks[0]), spec.id
+        assert (p.width, p.height, p.num_frames) == (spec.defaults.width, spec.defaults.height,
+                                                     spec.defaults.frames), spec.id
+    flf2v = plan_at_defaults(get_model("tiny-wan-flf2v"), hw(None, 16))
+    assert flf2v.task == "i2v"
+    with pytest.raises(InvalidRequest, match="pass the last frame too"):  # what the same plan says without it
+        plan(req("tiny-wan-flf2v", image="first.png"), get_model("tiny-wan-flf2v"), hw(None, 16))
+    with pytest.raises(DoesNotFit):  # and a model that does not fit still says so
+        plan_at_defaults(get_model("hunyuanvideo"), hw(None, 16))

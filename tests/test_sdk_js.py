@@ -28,6 +28,11 @@ def test_typescript_sdk_against_the_live_server():
     if not installed.is_file() or '"version": "' + _locked_ts(lock) not in installed.read_text():
         _run([NPM, "ci", "--no-audit", "--no-fund"])
     _run([NPM, "run", "build"])
+    dts = (JS / "dist" / "index.d.ts").read_text()
+    model_info = dts[dts.index("interface ModelInfo"):]
+    model_info = model_info[:model_info.index("\n}")]
+    for field in ("supports_last_image: boolean;", "requires_last_image: boolean;"):
+        assert field in model_info, f"ModelInfo in the published types lacks {field}"
     env = {**os.environ, "LOCALVIDEO_URL": shared_server().url}
     env.pop("LOCALVIDEO_API_TOKEN", None)
     r = _run([NODE, "--test", "test/"], env=env, timeout=400)

@@ -6,6 +6,7 @@ Screenshots of every tab go to artifacts/ui/*.png. Tests in this file run in ord
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -248,6 +249,34 @@ def test_image_to_video_tab(page, tmp_path):
     assert "Photo animation" in page.inner_text("#i2v-animate-note")
     shot(page, "image-to-video")
     JOBS["photo"] = str(photo)
+
+
+def test_image_to_video_last_frame_box_follows_the_model(page, api):
+    tab(page, "i2v")  # the first frame from the test above is still there
+    pick(page, "i2v-model", "tiny-wan-flf2v")  # a first-and-last-frame model: the box is shown and says it is needed
+    page.wait_for_selector("#i2v-last-image", state="visible")
+    assert "Last frame (required by this model)" in page.inner_text("#i2v-last-image")
+    page.click("#i2v-generate")  # without a last frame: the planner's sentence, and nothing queued
+    refused = watch(page, "i2v", lambda s: s["state"] == "refused", timeout=20)[-1]
+    assert "pass the last frame too" in refused["text"] and "Last frame box" in refused["text"], refused
+    shot(page, "image-to-video-last-frame")
+    pick(page, "i2v-model", "tiny-wan")  # no last-frame support: no box
+    page.wait_for_selector("#i2v-last-image", state="hidden")
+
+    # "use these settings" on a first-and-last-frame job brings the box back, with the job's last frame in it
+    photo = Path(JOBS["photo"]).read_bytes()
+    params = {"prompt": "two frames", "model": "tiny-wan-flf2v", "steps": 1, "num_frames": 5, "width": 64,
+              "height": 48}
+    r = api.post("/v1/jobs/image-to-video", data={"params": json.dumps(params)},
+                 files={"image": ("a.png", photo, "image/png"), "last_image": ("b.png", photo, "image/png")})
+    assert r.status_code == 202, r.text
+    tab(page, "history")
+    page.click(history_row(page, r.json()["id"]))
+    page.wait_for_selector(f'#history-title [data-job="{r.json()["id"]}"]')
+    page.click("#history-reuse")
+    page.wait_for_selector("#tab-i2v", state="visible")
+    page.wait_for_selector("#i2v-last-image img")
+    assert "Last frame (required by this model)" in page.inner_text("#i2v-last-image")
 
 
 def test_photo_animation_tab(page, api):

@@ -111,6 +111,8 @@ class ModelOut(BaseModel):
     installed: bool
     built_on_first_use: bool
     pull_command: str | None
+    supports_last_image: bool  # image-to-video can also condition on a last frame (``last_image``)
+    requires_last_image: bool  # ... and needs one: an image-to-video job without it is refused
     fits: bool
     strategy: str | None
     vae_tiling: bool | None

@@ -430,7 +430,7 @@ class JobService:
         from ..catalog import all_models
         from ..errors import LocalVideoError
         from ..hardware import GB
-        from ..planner import plan as make_plan
+        from ..planner import plan_at_defaults
         from ..runtime.store import find, pull_command
 
         hw = self.hardware()
@@ -442,11 +442,10 @@ class JobService:
                 "licence": m.licence, "weights_gb": round(m.weights_bytes / GB, 2),
                 "installed": found is not None or m.tiny, "built_on_first_use": m.tiny and found is None,
                 "pull_command": None if (found or m.tiny) else pull_command(m),
+                "supports_last_image": m.supports_last_image, "requires_last_image": m.requires_last_image,
             }
-            task = "t2v" if "t2v" in m.tasks else m.tasks[0]
             try:
-                image = None if task == "t2v" else "fit-check.png"  # i2v-only models: planned at their default size
-                p = make_plan(GenerationRequest(prompt="fit check", model=m.id, seed=0, image=image), m, hw, task=task)
+                p = plan_at_defaults(m, hw)
                 row |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
                         "peak_gb": round(p.estimate.peak_device_bytes / GB, 2), "reason": None}
             except LocalVideoError as e:

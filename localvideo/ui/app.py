@@ -80,6 +80,14 @@ def _default_model(task: str) -> str:
     return next((m.id for m in models if m.tiny), models[0].id)
 
 
+def _last_frame_update(spec, value=None) -> dict:
+    """The image-to-video last-frame box for ``spec``: shown only where the model takes a last frame, and its label
+    says whether the model needs one (first-and-last-frame models) or merely accepts one."""
+    label = ("Last frame (required by this model)" if spec.requires_last_image else
+             "Last frame (optional: this model supports one)")
+    return gr.update(visible=spec.supports_last_image, label=label, value=value)
+
+
 def _duration_update(spec, seconds: float | None = None) -> dict:
     fps = spec.defaults.fps
     lo = round((spec.frame_rule.step + 1) / fps, 2)
@@ -240,9 +248,10 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                         with gr.Row():
                             i_image = gr.Image(label="First frame (PNG, JPEG or WebP)", type="filepath",
                                                sources=["upload", "clipboard"], elem_id="i2v-image", height=260)
-                            i_last = gr.Image(label="Last frame (this model supports one)", type="filepath",
+                            last_box = _last_frame_update(i2v_default)
+                            i_last = gr.Image(label=last_box["label"], type="filepath",
                                               sources=["upload", "clipboard"], elem_id="i2v-last-image", height=260,
-                                              visible=i2v_default.supports_last_image)
+                                              visible=last_box["visible"])
                         i_model = gr.Dropdown(choices=[(m.id, m.id) for m in _models_for("i2v")],
                                               value=i2v_default.id, label="Model", elem_id="i2v-model")
                         i_model_info = gr.HTML("", js_on_load=None)
@@ -454,7 +463,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         def on_i2v_model(model_id):
             spec = get_model(model_id)
             return (_duration_update(spec), gr.update(value=spec.defaults.steps),
-                    gr.update(value=spec.defaults.guidance), gr.update(visible=spec.supports_last_image, value=None),
+                    gr.update(value=spec.defaults.guidance), _last_frame_update(spec),
                     views.model_info_html(model_rows().get(model_id), spec))
 
         i_model.input(on_i2v_model, i_model, [i_duration, i_steps, i_guidance, i_last, i_model_info])
@@ -619,8 +628,8 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         refill_out = [tabs, c_model, c_prompt, c_negative, c_duration, c_preset, c_width, c_height, c_steps,
                       c_guidance, c_seed_mode, c_seed, c_strategy, c_quant, c_cache, c_tiling, c_model_info,
                       i_model, i_prompt, i_negative, i_duration, i_steps, i_guidance, i_seed_mode, i_seed, i_image,
-                      s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps, s_seed_mode, s_seed,
-                      a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height]
+                      i_last, s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps, s_seed_mode,
+                      s_seed, a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height]
 
         def refill(job_id):
             """"Use these settings": the job's request back into its tab (seed fixed), and that tab selected."""
@@ -654,11 +663,12 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                        s_scene_s: r.get("duration_s") or 0, s_preset: _preset_update(spec, f"{w}x{h}"),
                        s_steps: r.get("steps") or d.steps, s_seed_mode: mode, s_seed: seed_value}
             elif job.kind == "image-to-video":
-                image = r.get("image")
+                image, last = r.get("image"), r.get("last_image")
                 out = {tabs: gr.update(selected="i2v"), i_model: spec.id, i_prompt: r.get("prompt", ""),
                        i_negative: r.get("negative_prompt") or "", i_duration: _duration_update(spec, seconds),
                        i_steps: r.get("steps") or d.steps, i_guidance: guidance, i_seed_mode: mode, i_seed: seed_value,
-                       i_image: image if image and Path(image).is_file() else gr.skip()}
+                       i_image: image if image and Path(image).is_file() else gr.skip(),
+                       i_last: _last_frame_update(spec, last if last and Path(last).is_file() else None)}
             else:
                 preset = _preset_update(spec, f"{w}x{h}")
                 if preset["value"] != f"{w}x{h}":

@@ -120,6 +120,10 @@ export interface ModelInfo {
   installed: boolean;
   built_on_first_use: boolean;
   pull_command: string | null;
+  /** Image-to-video can also condition on a last frame (`submitImage(..., { lastImage })`). */
+  supports_last_image: boolean;
+  /** ...and needs one: an image-to-video job without a last frame is refused (first-and-last-frame models). */
+  requires_last_image: boolean;
   fits: boolean;
   strategy: string | null;
   vae_tiling: boolean | null;

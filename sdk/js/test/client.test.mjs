@@ -65,6 +65,11 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   assert.equal(page.jobs[0].state, "succeeded");
   const models = await lv.models();
   assert.ok(models.find((m) => m.id === "tiny-wan")?.installed);
+  const flf2v = models.find((m) => m.id === "tiny-wan-flf2v");
+  // a first-and-last-frame model says it needs the last frame, and fits when planned with both frames
+  assert.deepEqual([flf2v.supports_last_image, flf2v.requires_last_image, flf2v.fits], [true, true, true]);
+  const plain = models.find((m) => m.id === "tiny-wan");
+  assert.deepEqual([plain.supports_last_image, plain.requires_last_image], [false, false]);
   // image-to-video: the first frame of the video we just made, as the input image
   const moving = await lv.submitImage(thumb, { prompt: "the frame comes alive", ...FAST });
   assert.equal(moving.kind, "image-to-video");

@@ -27,6 +27,7 @@ The memory model (all figures in bytes):
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -614,6 +615,8 @@ def _run_options(request: GenerationRequest, spec: ModelSpec, est: MemoryEstimat
         params = spec.step_cache_params(kind)
         if kind == "mag" and value == "calibrate":
             params["calibrate"] = True
+        elif kind == "mag" and not params.get("mag_ratios") and load_mag_ratios(spec.id) is None:
+            raise mag_ratios_missing(spec.id)  # refused before anything loads (a dry run, a job's submit)
         elif kind == "taylor" and value:
             params["cache_interval"] = int(value)
         elif value:
@@ -686,3 +689,27 @@ def replan(p: Plan, spec: ModelSpec, *, strategy: str | None = None, vae_tiling:
     return replace(p, strategy=strategy, vae_tiling=tiling, num_frames=frames, width=w, height=h, estimate=est,
                    latent_shape=geo.latent_shape(frames, h, w), tokens=geo.video_tokens(frames, h, w),
                    degraded=p.degraded + ((degraded,) if degraded else ()))
+
+
+# -- MagCache ratios (measured once per model by ``--cache mag:calibrate``) --------------------------------------------
+def magcache_file(model: str) -> Path:
+    """Where ``--cache mag:calibrate`` saves the magnitude ratios it measured for ``model``."""
+    from .settings import get_settings
+
+    return get_settings().home / "magcache" / f"{model}.json"
+
+
+def load_mag_ratios(model: str) -> list[float] | None:
+    try:
+        data = json.loads(magcache_file(model).read_text())
+        ratios = [float(x) for x in data["ratios"]]
+        return ratios if ratios else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mag_ratios_missing(model: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"MagCache needs magnitude ratios measured for {model}, and none are known yet.",
+        hint=f"Run once with --cache mag:calibrate (a full-quality run that measures them and saves them to "
+             f"{magcache_file(model)}), then use --cache mag; or use --cache fbc.")

@@ -258,11 +258,10 @@ def test_taylorseer_predicts_some_steps(cache, baseline):
 
 
 def test_magcache_refuses_without_ratios_then_calibrates_and_skips(cache, baseline):
-    pipe, p, _ = _pipe(cache, step_cache="mag")
     ratios_file = options.magcache_file("tiny-wan")
     ratios_file.unlink(missing_ok=True)
     with pytest.raises(InvalidRequest, match="none are known") as e:
-        runner.run(pipe, p)
+        _plan("tiny-wan", 4, step_cache="mag")  # refused when planned: before a model loads or a job queues
     assert "--cache mag:calibrate" in e.value.hint
     pipe, p, _ = _pipe(cache, step_cache="mag:calibrate")
     frames, calls = _run(pipe, p, count=True)
@@ -322,6 +321,14 @@ def test_loras_change_the_output_stack_and_are_recorded(baseline, loras):
 def test_a_missing_lora_file_is_one_clear_sentence():
     with pytest.raises(InvalidRequest, match="the LoRA file 'missing.safetensors' does not exist"):
         GenerationRequest.parse(prompt="x", loras=["missing.safetensors:0.8"])
+
+
+def test_a_lora_weight_that_is_not_a_number_is_named_as_such(tmp_path):
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"x")
+    with pytest.raises(InvalidRequest, match=r"LoRA: the weight of LoRA '.*style.safetensors' must be a number "
+                                             r"\(got 'abc'\)"):
+        GenerationRequest.parse(prompt="x", loras=[f"{lora}:abc"])
 
 
 def test_a_lora_for_another_model_is_refused(tmp_path, loras):
@@ -412,3 +419,37 @@ def test_run_options_appear_in_the_dry_run_json(loras):
     assert (p["step_cache"], p["quantization"], p["attention"]) == ("fbc:0.1", "fp8", "sdpa")
     assert p["loras"] == [[loras[0], 0.7]]
     assert any("flash" in w for w in p["warnings"])
+
+
+def test_magcache_without_ratios_is_refused_by_the_dry_run_and_the_job_service(tmp_path):
+    from conftest import run_cli
+
+    from localvideo.hardware import Hardware
+    from localvideo.jobs import JobService
+    from localvideo.settings import Settings
+
+    options.magcache_file("tiny-ltx").unlink(missing_ok=True)
+    r = run_cli("generate", PROMPT, "-m", "tiny-ltx", "--cache", "mag", "--dry-run")
+    assert r.returncode == 2 and "MagCache needs magnitude ratios measured for tiny-ltx" in r.stderr
+    assert "Traceback" not in r.stderr
+    svc = JobService(Settings(jobs_db_path=tmp_path / "jobs.db", outputs_dir=tmp_path / "out"),
+                     hardware=Hardware.assumed(None, ram_gb=16), workers=1)
+    try:
+        with pytest.raises(InvalidRequest, match="none are known"):
+            svc.submit({"prompt": PROMPT, "model": "tiny-ltx", "step_cache": "mag"})
+        assert svc.list().total == 0  # nothing was queued
+    finally:
+        svc.close()
+
+
+def test_magcache_calibration_keeps_json_output_clean(tmp_path):
+    """diffusers prints its calibration result to stdout; ``--json`` must still print one JSON document there."""
+    from conftest import run_cli
+
+    r = run_cli("generate", PROMPT, "-m", "tiny-ltx", "--frames", "9", "--width", "64", "--height", "64", "--steps",
+                "3", "--cache", "mag:calibrate", "--json", "-o", str(tmp_path / "cal.mp4"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["metadata"]["step_cache"] == "mag:calibrate" and (tmp_path / "cal.mp4").is_file()
+    assert "[MagCache] Calibration Complete" in r.stderr  # still shown to a person, on stderr
+    assert len(json.loads(options.magcache_file("tiny-ltx").read_text())["ratios"]) == 3

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenerationFailed, InvalidRequest
-from ..planner import Plan, attention_problem, compile_problem
+from ..planner import Plan, attention_problem, compile_problem, load_mag_ratios, mag_ratios_missing, magcache_file
 
 log = logging.getLogger(__name__)
 
@@ -250,21 +250,6 @@ def after_strategy(pipe, plan: Plan) -> None:
 
 # -- per run -------------------------------------------------------------------------------------------------------
 
-def magcache_file(model: str) -> Path:
-    from ..settings import get_settings
-
-    return get_settings().home / "magcache" / f"{model}.json"
-
-
-def load_mag_ratios(model: str) -> list[float] | None:
-    try:
-        data = json.loads(magcache_file(model).read_text())
-        ratios = [float(x) for x in data["ratios"]]
-        return ratios if ratios else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def step_cache_config(pipe, plan: Plan):
     """The diffusers cache config for ``plan.step_cache`` (None when no cache)."""
     if not plan.step_cache:
@@ -287,13 +272,25 @@ def step_cache_config(pipe, plan: Plan):
         if p.get("calibrate"):
             return diffusers.MagCacheConfig(calibrate=True, **common)
         ratios = p.get("mag_ratios") or load_mag_ratios(plan.model)
-        if not ratios:
-            raise InvalidRequest(
-                f"MagCache needs magnitude ratios measured for {plan.model}, and none are known yet.",
-                hint=f"Run once with --cache mag:calibrate (a full-quality run that measures them and saves them to "
-                     f"{magcache_file(plan.model)}), then use --cache mag; or use --cache fbc.")
+        if not ratios:  # planned with ratios that are gone since
+            raise mag_ratios_missing(plan.model)
         return diffusers.MagCacheConfig(mag_ratios=ratios, **common)
     raise InvalidRequest(f"Unknown step cache '{plan.step_cache}'.", hint="Use fbc, mag or taylor.")
+
+
+def _stdout_to_stderr(fn):
+    """``fn`` with what it prints sent to stderr: diffusers' MagCache prints its calibration result with print(),
+    which would corrupt ``--json`` output on stdout (the ratios are saved and logged anyway)."""
+    import contextlib
+    import functools
+    import sys
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def _capture_mag_calibration(transformer, plan: Plan) -> None:
@@ -307,6 +304,8 @@ def _capture_mag_calibration(transformer, plan: Plan) -> None:
         hook = registry.get_hook(_MAG_CACHE_BLOCK_HOOK) if registry is not None else None
         if hook is not None and getattr(hook, "is_tail", False):
             tail = hook
+        if hook is not None and callable(getattr(hook, "_advance_step", None)):
+            hook._advance_step = _stdout_to_stderr(hook._advance_step)
     if tail is None:
         log.warning("MagCache calibration: no tail block hook found; ratios will not be saved")
         return

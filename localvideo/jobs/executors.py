@@ -132,12 +132,13 @@ def execute(kind: str, request: dict, folder: Path, *, hardware, on_progress: Pr
         return Outcome("succeeded", result=JobResult(
             **common, model=result.model, random_weights=result.random_weights, strategy=md.get("strategy") or "",
             notes=[*migrated, *(n for s in result.scenes for n in s.notes)],
+            degraded=[f"scene {s.index + 1}: {d}" for s in result.scenes for d in s.degraded],
             scenes=[{k: getattr(s, k) for k in ("index", "text", "seed", "frames", "kept", "start_frame",
                                                 "end_frame", "start_time_s", "transition", "task")}
                     for s in result.scenes]))
     return Outcome("succeeded", result=JobResult(
         **common, model=result.plan.model, random_weights=result.plan.random_weights, strategy=result.plan.strategy,
-        notes=[*migrated, *result.plan.notes]))
+        notes=[*migrated, *result.plan.notes], degraded=list(result.plan.degraded)))
 
 
 def _animate(request: dict, folder: Path, on_progress: ProgressFn, cancel, settings):

@@ -92,6 +92,9 @@ class JobResult(BaseModel):
     timings: dict[str, float]
     notes: list[str] = []
     warnings: list[str] = []
+    # What the run gave up after running out of memory (the OOM ladder's rungs, localvideo.runtime.recovery), e.g.
+    # "frames 81 → 49 after OOM while denoising"; stories: each prefixed "scene N: ". Empty: made as planned.
+    degraded: list[str] = []
     scenes: list[dict[str, Any]] = []  # stories: per scene seed, frames, [start_frame, end_frame), transition
 
 

@@ -146,9 +146,14 @@ def result_html(job) -> str:
     if r.random_weights:
         warn = ('<div class="lv-warn">RANDOM WEIGHTS: this test model makes noise, not a picture. Pull a real model '
                 'on the Models tab for a real video.</div>')
+    degraded = ""
+    if r.degraded:  # the OOM ladder's rungs: the video is not what was asked for, so it says so above the video
+        degraded = ('<div class="lv-warn lv-degraded" data-degraded="true"><b>Made with less:</b> memory ran out, so '
+                    'the run stepped down to finish: <ul>' + "".join(f"<li>{e(d)}</li>" for d in r.degraded)
+                    + "</ul></div>")
     notes = "".join(f"<li>{e(n)}</li>" for n in r.notes)
     notes = f'<ul class="lv-notes">{notes}</ul>' if notes else ""
-    return (f'<div class="lv-result" data-job="{e(job.id)}">{warn}'
+    return (f'<div class="lv-result" data-job="{e(job.id)}">{warn}{degraded}'
             f'<video class="lv-video" controls loop playsinline preload="metadata" src="{video}"{poster}></video>'
             f'<div class="lv-facts">{r.width}×{r.height} · {r.frames} frames · {r.fps:g} fps · {r.duration_s:.2f} s · '
             f'seed {r.seed} · {e(r.model)} · {e(r.strategy)} · {fmt_bytes(r.bytes)}'

@@ -313,6 +313,75 @@ def test_story_tab_shows_progress_per_scene(page, api):
     job = api.get(f"/v1/jobs/{samples[-1]['job']}").json()
     assert job["kind"] == "story" and len(job["result"]["scenes"]) == 2
     shot(page, "story")
+    JOBS["story"] = samples[-1]["job"]
+
+
+def test_story_refusal_drops_the_last_video_and_a_custom_size_is_made_and_restored(page, api):
+    tab(page, "story")
+    video_ready(page, "#story-result video")  # the story above, still shown
+    page.fill("#story-script textarea", "a fox\n[4 fox")
+    page.click("#story-generate")
+    refused = watch(page, "story", lambda s: s["state"] == "refused", timeout=20)[-1]
+    assert "Line 2: a '[' is never closed" in refused["text"], refused
+    assert f"Your previous job ({JOBS['story'][:8]}) is in Queue & History" in refused["text"], refused
+    assert page.query_selector("#story-result video") is None, "the previous story's video stayed under the refusal"
+
+    assert not page.is_visible("#story-width")
+    pick(page, "story-preset", "Custom…")
+    page.wait_for_selector("#story-width", state="visible")
+    set_number(page, "#story-width input", 96)
+    set_number(page, "#story-height input", 64)
+    page.fill("#story-script textarea", "[0.5s] a fox wakes in its den\n[cut] [0.5s] it runs into the snow")
+    set_number(page, "#story-steps input[type=number]", 2)
+    page.click("#story-generate")
+    done = watch(page, "story", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))[-1]
+    assert done["state"] == "succeeded", done
+    job = api.get(f"/v1/jobs/{done['job']}").json()
+    assert (job["request"]["width"], job["request"]["height"]) == (96, 64)
+    assert (job["result"]["width"], job["result"]["height"]) == (96, 64)
+    assert video_ready(page, "#story-result video")["src"].endswith(f"/v1/jobs/{done['job']}/video")
+
+    pick(page, "story-preset", "128×128 (native)")  # the form moves on; "use these settings" brings 96×64 back
+    page.wait_for_selector("#story-width", state="hidden")
+    tab(page, "history")
+    page.click(history_row(page, done["job"], "succeeded"))
+    page.wait_for_selector(f'#history-title [data-job="{done["job"]}"]')
+    page.click("#history-reuse")
+    page.wait_for_selector("#tab-story", state="visible")
+    page.wait_for_selector("#story-width", state="visible")
+    assert page.input_value("#story-preset input") == "Custom…"
+    assert (page.input_value("#story-width input"), page.input_value("#story-height input")) == ("96", "64")
+    shot(page, "story-custom-size")
+
+
+def test_magcache_is_refused_until_measured_in_the_studio(page, api):
+    tab(page, "create")
+    page.click("#create-advanced button, #create-advanced .label-wrap")
+    page.wait_for_selector("#create-cache", state="visible")
+    pick(page, "create-model", "tiny-wan")
+    set_number(page, "#create-steps input[type=number]", 3)
+    pick(page, "create-cache", "MagCache (mag)")
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText"
+                           ".includes('MagCache needs magnitude ratios measured for tiny-wan')")
+    plan = page.inner_text("#create-plan")
+    assert "Will not run" in plan and "MagCache: measure ratios (mag:calibrate)" in plan and "--cache" not in plan
+    page.click("#create-generate")  # the same sentence when submitted anyway, and nothing queued
+    refused = watch(page, "create", lambda s: s["state"] == "refused", timeout=20)[-1]
+    assert "MagCache needs magnitude ratios measured for tiny-wan" in refused["text"], refused
+    assert page.query_selector("#create-result video") is None
+
+    pick(page, "create-cache", "MagCache: measure ratios")
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText"
+                           ".includes('step cache: mag:calibrate')")
+    page.fill("#create-prompt textarea", "a kite over a windy beach")
+    page.click("#create-generate")
+    done = watch(page, "create", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))[-1]
+    assert done["state"] == "succeeded", done
+    assert api.get(f"/v1/jobs/{done['job']}").json()["request"]["step_cache"] == "mag:calibrate"
+    pick(page, "create-cache", "MagCache (mag)")  # measured now: MagCache plans
+    page.wait_for_function("() => /step cache: mag:\\d/.test(document.querySelector('#create-plan').innerText)")
+    assert page.get_attribute("#create-plan .lv-plan", "data-fits") == "true"
+    shot(page, "create-magcache")
 
 
 def test_models_tab_pulls_and_reports_failures(page):

@@ -96,3 +96,12 @@ def test_session_cookies_are_signed_by_the_token_and_expire():
 def test_importing_the_ui_package_does_not_import_gradio():
     code = "import sys, localvideo.ui, localvideo.ui.views; assert 'gradio' not in sys.modules, 'gradio imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_refused_submission_says_where_the_panels_previous_job_went():
+    html = views.progress_html(None, error="Line 2: a '[' is never closed.", previous=_job(state="running"))
+    assert 'data-state="refused"' in html and "Line 2: a &#x27;[&#x27; is never closed." in html
+    assert "Your previous job (aaaaaaaa) is still running in <b>Queue &amp; History</b>" in html
+    done = views.progress_html(None, error="x", previous=_job(state="succeeded"))
+    assert "Your previous job (aaaaaaaa) is in" in done
+    assert "previous job" not in views.progress_html(None, error="x")

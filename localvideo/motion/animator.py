@@ -85,9 +85,11 @@ def animate(image: Any, move: str = "auto", *, width: int | None = None, height:
     """Turn a photo into an MP4 with a camera move. See the module doc for the stages.
 
     ``image``: a path, bytes, file object, PIL image or RGB array. ``move``: one of zoom-in, zoom-out, pan-left,
-    pan-right, orbit, dolly, auto. ``width``/``height``: output size (default: the photo's aspect, 768 on the long
-    side; odd sizes are rounded to even). ``duration_s`` or ``num_frames`` (default 4 s). ``parallax``: None = when
-    the subject mask is confident, True = ask for it (falls back with a warning), False = plain camera move.
+    pan-right, orbit, dolly, auto. ``width``/``height``: output size (default: the photo's own size with its long
+    side kept within 256–768: a larger photo is scaled down to 768 long, a smaller one up to 256 long, one in
+    between keeps its size; only one given: the other follows the photo's aspect; odd sizes are rounded to even).
+    ``duration_s`` or ``num_frames`` (default 4 s). ``parallax``: None = when the subject mask is confident, True =
+    ask for it (falls back with a warning), False = plain camera move.
     ``on_progress(frame, total)`` is called as frames are written.
     """
     from localvideo.media.encode import VideoWriter, check_output_path, write_sidecar

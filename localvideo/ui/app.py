@@ -45,8 +45,10 @@ HISTORY_POLL_S = 2.0
 HISTORY_LIMIT = 60
 STRATEGIES = ["auto", "resident", "group_offload", "group_offload_leaf", "model_offload", "sequential_offload"]
 QUANTIZATIONS = ["auto", "none", "fp8", "int8"]
+# MagCache skips steps by magnitude ratios measured once per model: "mag" is refused at planning until a
+# "mag:calibrate" run (full quality) has measured and saved them (localvideo.planner.load_mag_ratios).
 STEP_CACHES = [("none (default)", "none"), ("First-block cache (fbc)", "fbc"), ("MagCache (mag)", "mag"),
-               ("TaylorSeer (taylor)", "taylor")]
+               ("MagCache: measure ratios (mag:calibrate)", "mag:calibrate"), ("TaylorSeer (taylor)", "taylor")]
 TILING = [("auto (the planner decides)", "auto"), ("on", "on"), ("off", "off")]
 CONTINUITY = [("auto (i2v models)", "auto"), ("on", "on"), ("off (hard cuts)", "off")]
 CUSTOM = "custom"
@@ -112,6 +114,27 @@ def _size(preset: str, width, height) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _cache_update(value: str | None) -> dict:
+    """The step-cache dropdown showing ``value`` exactly: a value the menu does not offer (an API job's
+    ``fbc:0.1``) is added as a choice of its own rather than shown as something else."""
+    value = value or "none"
+    known = [v for _, v in STEP_CACHES]
+    extra = [] if value in known else [(f"{value} (from the job)", value)]
+    return gr.update(choices=STEP_CACHES + extra, value=value)
+
+
+def _for_studio(err: Exception, model: str | None) -> Exception:
+    """A planner refusal whose hint names CLI flags, with the hint this page's controls need instead."""
+    from ..errors import InvalidRequest
+    from ..planner import mag_ratios_missing
+
+    if model and isinstance(err, InvalidRequest) and err.message == mag_ratios_missing(model).message:
+        return InvalidRequest(err.message, hint="Choose the step cache “MagCache: measure ratios (mag:calibrate)” "
+                                                "once (a full-quality run that measures and saves them); after "
+                                                "that MagCache (mag) runs. Or choose First-block cache (fbc).")
+    return err
+
+
 def _seed(mode: str, seed) -> int | None:
     return int(seed) if mode == "fixed" and seed is not None and str(seed) != "" else None
 
@@ -161,9 +184,19 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         return (job.id, views.progress_html(job), views.result_html(job), gr.update(interactive=True), "",
                 gr.Timer(active=True))
 
-    def refused(err: Exception):
+    def refused(err: Exception, previous_id: str | None = None, model: str | None = None):
+        """A submission that was not queued: the reason in the panel, and the panel's earlier job (its progress, its
+        video) no longer shown there as if it were this one; the reason says where that job is."""
+        err = _for_studio(err, model)
         msg = str(err) if isinstance(err, LocalVideoError) else f"Unexpected error: {err}"
-        return (gr.skip(), views.progress_html(None, error=msg), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        previous = None
+        if previous_id:
+            try:
+                previous = service.get(previous_id)
+            except LocalVideoError:
+                previous = None
+        return (None, views.progress_html(None, error=msg, previous=previous), views.result_html(None),
+                gr.update(interactive=False), "", gr.Timer(active=False))
 
     def cancel(job_id):
         if job_id:
@@ -228,8 +261,10 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                                            "files: CLI only (server paths are not accepted here)")
                             with gr.Row():
                                 c_cache = gr.Dropdown(STEP_CACHES, value="none", label="Step cache",
+                                                      elem_id="create-cache",
                                                       info="reuse transformer work between steps (faster, "
-                                                           "slightly different)")
+                                                           "slightly different); MagCache needs one "
+                                                           "'measure ratios' run per model first")
                                 c_tiling = gr.Dropdown(TILING, value="auto", label="VAE tiling")
                     with gr.Column(scale=2):
                         c_plan = gr.HTML("", elem_id="create-plan", js_on_load=None)
@@ -298,10 +333,12 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                             a_fps = gr.Slider(8, 60, value=24, step=1, label="Frames per second", elem_id="animate-fps")
                             a_strength = gr.Slider(0.1, 3, value=1, step=0.1, label="Strength (zoom and travel)")
                         with gr.Row():
-                            a_width = gr.Number(label="Width (0: the photo's aspect, 768 long)", value=0, precision=0,
-                                                minimum=0, elem_id="animate-width")
-                            a_height = gr.Number(label="Height (0: from the photo)", value=0, precision=0, minimum=0,
-                                                 elem_id="animate-height")
+                            # the animator never upscales past the photo: 0 and 0 keep its size (long side within
+                            # 256–768, localvideo.motion.animator._output_size); one of them keeps its aspect
+                            a_width = gr.Number(label="Width (0: the photo's size, long side within 256–768)",
+                                                value=0, precision=0, minimum=0, elem_id="animate-width")
+                            a_height = gr.Number(label="Height (0: keeps the photo's aspect)", value=0, precision=0,
+                                                 minimum=0, elem_id="animate-height")
                     with gr.Column(scale=2):
                         with gr.Row():
                             a_go = gr.Button("Animate the photo", variant="primary", elem_id="animate-generate")
@@ -338,6 +375,11 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                             s_seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
                             s_seed = gr.Number(label="Base seed (scene k: seed + k − 1)", value=0, precision=0,
                                                minimum=0, interactive=False)
+                        with gr.Row(visible=False) as s_custom_row:
+                            s_width = gr.Number(label="Width", value=t2v_default.defaults.width, precision=0,
+                                                elem_id="story-width")
+                            s_height = gr.Number(label="Height", value=t2v_default.defaults.height, precision=0,
+                                                 elem_id="story-height")
                     with gr.Column(scale=2):
                         with gr.Row():
                             s_go = gr.Button("Make the story", variant="primary", elem_id="story-generate")
@@ -431,21 +473,22 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                 return views.plan_html(plan(req, get_model(req.model), service.hardware()),
                                        asked_s=float(values[3]))
             except LocalVideoError as e:
-                return views.plan_html(error=e)
+                return views.plan_html(error=_for_studio(e, values[0]))
 
         gr.on([c_model.change, c_duration.change, c_preset.change, c_width.change, c_height.change, c_steps.change,
                c_guidance.change, c_strategy.change, c_quant.change, c_cache.change, c_tiling.change],
               preview, create_inputs, c_plan, show_progress="hidden", trigger_mode="always_last")
 
         def submit_t2v(*values):
+            *values, previous = values
             try:
                 job = service.submit(**t2v_fields(*values))
             except Exception as e:  # noqa: BLE001 - shown in the panel, never swallowed
-                return (*refused(e), gr.skip())
+                return (*refused(e, previous, values[0]), gr.skip())
             return (*started(job), job.request.get("seed"))
 
         panel_out = lambda p, btn: [p.job, p.progress, p.result, btn, p.shown, p.timer]  # noqa: E731
-        c_go.click(submit_t2v, create_inputs, [*panel_out(c_panel, c_cancel), c_last_seed])
+        c_go.click(submit_t2v, [*create_inputs, c_panel.job], [*panel_out(c_panel, c_cancel), c_last_seed])
         c_panel.timer.tick(poll, [c_panel.job, c_panel.shown],
                            [c_panel.progress, c_panel.result, c_cancel, c_panel.shown, c_panel.timer],
                            show_progress="hidden")
@@ -469,7 +512,7 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         i_model.input(on_i2v_model, i_model, [i_duration, i_steps, i_guidance, i_last, i_model_info])
         i_seed_mode.change(lambda m: gr.update(interactive=m == "fixed"), i_seed_mode, i_seed)
 
-        def submit_i2v(image, last, model, prompt, negative, duration, steps, guidance, seed_mode, seed):
+        def submit_i2v(image, last, model, prompt, negative, duration, steps, guidance, seed_mode, seed, previous):
             from ..errors import InvalidRequest
             from ..media.upload import check_image
 
@@ -488,18 +531,18 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                      num_frames=views.frames_for(spec, duration, spec.defaults.fps),
                                      steps=int(steps), guidance=float(guidance), seed=_seed(seed_mode, seed))
             except Exception as e:  # noqa: BLE001
-                return refused(e)
+                return refused(e, previous, model)
             return started(job)
 
         i_go.click(submit_i2v, [i_image, i_last, i_model, i_prompt, i_negative, i_duration, i_steps, i_guidance,
-                                i_seed_mode, i_seed], panel_out(i_panel, i_cancel))
+                                i_seed_mode, i_seed, i_panel.job], panel_out(i_panel, i_cancel))
         i_panel.timer.tick(poll, [i_panel.job, i_panel.shown],
                            [i_panel.progress, i_panel.result, i_cancel, i_panel.shown, i_panel.timer],
                            show_progress="hidden")
         i_cancel.click(cancel, i_panel.job, i_cancel)
 
         # ============================================ wiring: Photo animation =======================================
-        def submit_animation(image, move, parallax, duration, fps, strength, width, height):
+        def submit_animation(image, move, parallax, duration, fps, strength, width, height, previous):
             from ..errors import InvalidRequest
             from ..media.upload import check_image
 
@@ -513,11 +556,11 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                                                duration_s=float(duration), fps=float(fps), strength=float(strength),
                                                width=int(width) or None, height=int(height) or None)
             except Exception as e:  # noqa: BLE001
-                return refused(e)
+                return refused(e, previous)
             return started(job)
 
-        a_go.click(submit_animation, [a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height],
-                   panel_out(a_panel, a_cancel))
+        a_go.click(submit_animation, [a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height,
+                                      a_panel.job], panel_out(a_panel, a_cancel))
         a_panel.timer.tick(poll, [a_panel.job, a_panel.shown],
                            [a_panel.progress, a_panel.result, a_cancel, a_panel.shown, a_panel.timer],
                            show_progress="hidden")
@@ -526,24 +569,27 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
         # ================================================ wiring: Story =============================================
         def on_story_model(model_id):
             spec = get_model(model_id)
-            return _preset_update(spec), gr.update(value=spec.defaults.steps)
+            return (_preset_update(spec), gr.update(value=spec.defaults.steps), gr.update(value=spec.defaults.width),
+                    gr.update(value=spec.defaults.height))
 
-        s_model.input(on_story_model, s_model, [s_preset, s_steps])
+        s_model.input(on_story_model, s_model, [s_preset, s_steps, s_width, s_height])
+        s_preset.change(lambda p: gr.update(visible=p == CUSTOM), s_preset, s_custom_row)
         s_seed_mode.change(lambda m: gr.update(interactive=m == "fixed"), s_seed_mode, s_seed)
 
-        def submit_story(script, model, crossfade, continuity, scene_s, preset, steps, seed_mode, seed):
+        def submit_story(script, model, crossfade, continuity, scene_s, preset, width, height, steps, seed_mode, seed,
+                         previous):
             try:
-                w, h = _size(preset, None, None)
+                w, h = _size(preset, width, height)
                 job = service.submit_story(script=script or "", model=model, crossfade_s=float(crossfade or 0),
                                            continuity={"on": True, "off": False}.get(continuity),
                                            duration_s=float(scene_s) if scene_s else None, width=w, height=h,
                                            steps=int(steps), seed=_seed(seed_mode, seed))
             except Exception as e:  # noqa: BLE001
-                return refused(e)
+                return refused(e, previous, model)
             return started(job)
 
-        s_go.click(submit_story, [s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps,
-                                  s_seed_mode, s_seed], panel_out(s_panel, s_cancel))
+        s_go.click(submit_story, [s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_width,
+                                  s_height, s_steps, s_seed_mode, s_seed, s_panel.job], panel_out(s_panel, s_cancel))
         s_panel.timer.tick(poll, [s_panel.job, s_panel.shown],
                            [s_panel.progress, s_panel.result, s_cancel, s_panel.shown, s_panel.timer],
                            show_progress="hidden")
@@ -629,7 +675,8 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                       c_guidance, c_seed_mode, c_seed, c_strategy, c_quant, c_cache, c_tiling, c_model_info,
                       i_model, i_prompt, i_negative, i_duration, i_steps, i_guidance, i_seed_mode, i_seed, i_image,
                       i_last, s_script, s_model, s_crossfade, s_continuity, s_scene_s, s_preset, s_steps, s_seed_mode,
-                      s_seed, a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width, a_height]
+                      s_seed, s_width, s_height, a_image, a_move, a_parallax, a_duration, a_fps, a_strength, a_width,
+                      a_height]
 
         def refill(job_id):
             """"Use these settings": the job's request back into its tab (seed fixed), and that tab selected."""
@@ -656,11 +703,14 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
             seconds = round((r.get("num_frames") or d.frames) / (r.get("fps") or d.fps), 2)
             mode = gr.update(value="fixed" if seed is not None else "random")
             seed_value = gr.update(value=seed if seed is not None else 0, interactive=seed is not None)
+            preset = _preset_update(spec, f"{w}x{h}")
+            if preset["value"] != f"{w}x{h}":  # not one of the presets: the custom size, exactly
+                preset = _preset_update(spec, CUSTOM)
             if job.kind == "story":
                 out = {tabs: gr.update(selected="story"), s_script: r.get("script", ""), s_model: spec.id,
                        s_crossfade: r.get("crossfade_s") or 0,
                        s_continuity: {True: "on", False: "off"}.get(r.get("continuity"), "auto"),
-                       s_scene_s: r.get("duration_s") or 0, s_preset: _preset_update(spec, f"{w}x{h}"),
+                       s_scene_s: r.get("duration_s") or 0, s_preset: preset, s_width: w, s_height: h,
                        s_steps: r.get("steps") or d.steps, s_seed_mode: mode, s_seed: seed_value}
             elif job.kind == "image-to-video":
                 image, last = r.get("image"), r.get("last_image")
@@ -670,15 +720,12 @@ def build_ui(service, settings: Settings | None = None, *, auth_required: bool =
                        i_image: image if image and Path(image).is_file() else gr.skip(),
                        i_last: _last_frame_update(spec, last if last and Path(last).is_file() else None)}
             else:
-                preset = _preset_update(spec, f"{w}x{h}")
-                if preset["value"] != f"{w}x{h}":
-                    preset = _preset_update(spec, CUSTOM)
                 out = {tabs: gr.update(selected="create"), c_model: spec.id, c_prompt: r.get("prompt", ""),
                        c_negative: r.get("negative_prompt") or "", c_duration: _duration_update(spec, seconds),
                        c_preset: preset, c_width: w, c_height: h, c_steps: r.get("steps") or d.steps,
                        c_guidance: guidance, c_seed_mode: mode, c_seed: seed_value,
                        c_strategy: r.get("strategy", "auto"), c_quant: r.get("quantization", "auto"),
-                       c_cache: (r.get("step_cache") or "none").split(":")[0],
+                       c_cache: _cache_update(r.get("step_cache")),
                        c_tiling: {True: "on", False: "off"}.get(r.get("vae_tiling"), "auto"),
                        c_model_info: views.model_info_html(model_rows().get(spec.id), spec)}
             return [out.get(c, gr.skip()) for c in refill_out]

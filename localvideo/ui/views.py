@@ -85,13 +85,20 @@ def _bar(value: float, maximum: float, label: str, cls: str = "") -> str:
             f'aria-label="{e(label)}"></progress><span class="lv-pct">{pct:.0f}%</span></div>')
 
 
-def progress_html(job, error: str | None = None) -> str:
+def progress_html(job, error: str | None = None, previous=None) -> str:
     """The live progress panel of one job: state badge, phase, step/total, a real <progress>, elapsed and ETA.
 
+    With ``error`` (a submission refused): the reason, and where the panel's ``previous`` job went (the panel no
+    longer follows it, so its video is not left under a refusal as if it were this submission's).
     ``data-state``/``data-phase``/``data-step`` mirror what is shown, for people with tools (and the browser tests).
     """
     if error:
-        return f'<div class="lv-panel lv-error" data-state="refused"><b>Not queued.</b> {e(error)}</div>'
+        before = ""
+        if previous is not None:
+            doing = "is still " + STATE_TEXT[previous.state] if not previous.terminal else "is"
+            before = (f'<div class="lv-sub">Your previous job ({e(previous.id[:8])}) {doing} in '
+                      f'<b>Queue &amp; History</b>.</div>')
+        return f'<div class="lv-panel lv-error" data-state="refused"><b>Not queued.</b> {e(error)}{before}</div>'
     if job is None:
         return ('<div class="lv-panel lv-idle" data-state="idle">Nothing running yet. Fill in the form and press '
                 '<b>Generate</b>.</div>')
@@ -281,6 +288,10 @@ def plan_html(plan=None, error=None, asked_s: float | None = None) -> str:
              f"{e(where)} (budget {plan.budget_device_bytes / gb:.1f} GB)"]
     if plan.quantization != "none":
         lines.append(f"quantization: {e(plan.quantization)}")
+    if plan.step_cache:
+        lines.append(f"step cache: {e(plan.step_cache)}"
+                     + (" (a full-quality run that measures MagCache's ratios for this model)"
+                        if plan.step_cache == "mag:calibrate" else ""))
     lines += [f'<span class="lv-note">changed: {e(n)}</span>' for n in plan.notes]
     lines += [f'<span class="lv-warnline">{e(w)}</span>' for w in plan.warnings]
     return '<div class="lv-plan" data-fits="true">' + "<br>".join(lines) + "</div>"

@@ -187,3 +187,15 @@ def test_estimate_is_generous_for_ordinary_english():
     sentence = "The camera slowly dollies in toward a red fox trotting across fresh snow at dawn."
     assert estimate_tokens(sentence) >= 1.3 * len(sentence.split())
     assert re.fullmatch(r"\d+", str(estimate_tokens("")))
+
+
+def test_the_paragraph_fallback_says_how_sentences_became_scenes():
+    from localvideo.prompts.scenes import shot_list_from_paragraph
+
+    one_each = shot_list_from_paragraph("A fox wakes in its den. It trots across the snowy field. The sun rises.")
+    assert len(one_each.scenes) == 3 and one_each.notes == ["one scene per sentence (no LLM asked)"]
+    joined = shot_list_from_paragraph("A fox wakes in its den at dawn. It stretches. Then it trots across the field. "
+                                      "Snow falls.", max_scenes=8)
+    assert len(joined.scenes) == 2
+    assert joined.notes == ["4 sentences made 2 scenes (a sentence under 3 words joins its neighbour; at most 8 "
+                            "scenes, grouped in order) (no LLM asked)"]

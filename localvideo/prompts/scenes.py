@@ -404,7 +404,11 @@ def shot_list_from_paragraph(paragraph: str, enhancer: str | None = None, *, max
     """
     fallback = sentence_scenes(paragraph, max_scenes=max_scenes, duration_s=duration_s)  # validates the input
     if enhancer is None:
-        return ShotList(fallback, "sentences", notes=["one scene per sentence (no LLM asked)"])
+        n = len(split_sentences(paragraph))
+        how = ("one scene per sentence" if n == len(fallback) else
+               f"{n} sentences made {len(fallback)} scenes (a sentence under {MIN_SCENE_WORDS} words joins its "
+               f"neighbour; at most {max_scenes} scenes, grouped in order)")
+        return ShotList(fallback, "sentences", notes=[f"{how} (no LLM asked)"])
     from . import enhancer as llm
 
     raw, finished, spec = llm.chat(build_shot_list_messages(paragraph, max_scenes), model=enhancer, stream=stream,

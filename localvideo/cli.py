@@ -486,6 +486,8 @@ def story(
     height: Optional[int] = typer.Option(None, help="Height in pixels (snapped to the model's multiple)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps per scene."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt for every scene (default: the "
+                                                                    "model's)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds for scenes that give no [Ns] "
                                                                       "(default: the model's default clip)."),
     image: Optional[str] = typer.Option(None, "--image", help="The first scene starts from this photo (i2v)."),
@@ -496,7 +498,10 @@ def story(
     max_scenes: int = typer.Option(8, "--max-scenes", help="At most this many scenes from a paragraph."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand each scene's prompt for the model."),
     keep_segments: bool = typer.Option(False, "--keep-segments", help="Keep each scene's clip in NAME.segments/."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the scenes (and frames per scene), generate nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the story as the real run would (on this machine) "
+                                 "and print its scenes, transitions, frames and plan; generate nothing."),
+    vram: Optional[float] = typer.Option(None, "--vram", help="With --dry-run: plan for a hypothetical GPU with this "
+                                                              "many GB (the model need not be installed)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Make one video from a story: a scene per line, each generated, joined into one MP4."""
@@ -544,39 +549,84 @@ def story(
             from .prompts.scenes import parse_script
 
             source = parse_script(text)  # errors (with line numbers) before anything loads
+        from .hardware import Hardware, probe
+        from .settings import get_settings
+
+        if vram is not None and not dry_run:
+            raise InvalidRequest("--vram only makes sense with --dry-run.", hint="Add --dry-run.")
+        story_source = source if from_paragraph else text
+        hardware = Hardware.assumed(vram) if vram is not None else probe(get_settings().home)
+        fields = dict(model=model, crossfade_s=crossfade, continuity=continuity, seed=seed, fps=fps, width=width,
+                      height=height, steps=steps, guidance=guidance, negative_prompt=negative, duration_s=duration,
+                      image=image, hardware=hardware)  # every scene planned up front, on this machine
         if dry_run:
-            _story_dry_run(source, model, fps, duration, as_json)
+            _story_dry_run(story_source, as_json, output=output, installed_check=vram is None, **fields)
             return
-        _story(source if from_paragraph else text, as_json, model=model, output=output,
-               crossfade_s=crossfade, continuity=continuity, seed=seed, fps=fps, width=width, height=height,
-               steps=steps, guidance=guidance, duration_s=duration, image=image, expand_prompt=expand,
-               keep_segments=keep_segments)
+        _story(story_source, as_json, output=output, expand_prompt=expand, keep_segments=keep_segments, **fields)
     except LocalVideoError as e:
         _fail(e, as_json)
 
 
-def _story_dry_run(source, model: str, fps: Optional[float], duration: Optional[float], as_json: bool) -> None:
-    from .catalog import get_model
-    from .prompts.scenes import ShotList
-    from .story import _frames_for
+def _story_dry_run(source, as_json: bool, *, output: Optional[str], seed: Optional[int], installed_check: bool,
+                   **fields) -> None:
+    """What the real run checks before it generates anything (plan_story on this machine, the model installed, the
+    output name), then the story as it will be made: scenes, transitions, frames, times, the heaviest scene's plan.
+    With --vram (a hypothetical machine) the model need not be installed here."""
+    from pathlib import Path
 
-    spec = get_model(model)
-    scenes = source.scenes if isinstance(source, ShotList) else source
-    rate = fps or spec.defaults.fps
-    rows = [s.to_dict() | {"planned_frames": _frames_for(s, spec, rate, duration)} for s in scenes]
+    from .errors import InvalidRequest
+    from .prompts.scenes import ShotList
+    from .runtime.store import locate
+    from .settings import get_settings
+    from .story import plan_story
+
+    sp = plan_story(source, seed=seed, **fields)
+    spec = sp.spec
+    if installed_check and not spec.tiny:
+        locate(spec, get_settings())  # not installed: the real run's error, word for word (tiny: built on first use)
+    if output:
+        p = Path(output).expanduser()
+        is_folder = p.is_dir() or output.endswith(("/", "\\")) or not p.suffix
+        if not is_folder and p.suffix.lower() != ".mp4":
+            raise InvalidRequest(f"The output file must end in .mp4, got '{p.name}'.",
+                                 hint="Use a name like video.mp4.", path=str(p))
+    plans, fps = sp.plans, sp.fps
+    heaviest = max(range(len(plans)), key=lambda k: (plans[k].estimate.peak_device_bytes, sp.planned[k]))
+    rows = []
+    for k, (scene, (start, end)) in enumerate(zip(sp.scenes, sp.spans())):
+        rows.append(scene.to_dict() | {
+            "planned_frames": sp.planned[k], "transition": sp.transitions[k], "task": plans[k].task,
+            "seed": sp.seed + k if seed is not None else None, "start_frame": start, "end_frame": end,
+            "start_time_s": round(start / fps, 4), "end_time_s": round(end / fps, 4),
+            "strategy": plans[k].strategy})
+    boundaries = [{"before_scene": r["index"] + 1, "frame": r["start_frame"], "time_s": r["start_time_s"],
+                   "transition": r["transition"]} for r in rows[1:]]
+    first = plans[0]
+    summary = {"model": spec.id, "random_weights": spec.tiny, "fps": fps, "width": first.width,
+               "height": first.height, "steps": first.steps, "seed": seed, "continuity": sp.continuity,
+               "crossfade_s": sp.crossfade_s, "crossfade_frames": sp.crossfade, "frames": sp.frames,
+               "duration_s": round(sp.duration_s, 4)}
     if as_json:
-        print(json.dumps({"ok": True, "dry_run": True, "model": spec.id, "fps": rate, "scenes": rows,
+        print(json.dumps({"ok": True, "dry_run": True, **summary, "scenes": rows, "boundaries": boundaries,
+                          "heaviest_scene": heaviest + 1, "plan": plans[heaviest].to_dict(),
                           **({"shot_list": source.to_dict()} if isinstance(source, ShotList) else {})},
-                         ensure_ascii=False))
+                         ensure_ascii=False, default=str))
         return
     c = _console()
-    c.print(f"[bold]Story[/] (dry run, nothing generated): {len(rows)} scenes on {spec.id} at {rate:g} fps")
+    c.print(f"[bold]Story[/] (dry run, nothing generated): {len(rows)} scenes on {spec.id}, {sp.frames} frames "
+            f"({sp.duration_s:.2f} s) at {fps:g} fps, {first.width}x{first.height}, {first.steps} steps")
+    cross = (f"crossfade {sp.crossfade_s:g} s ({sp.crossfade} frames) at hard cuts" if sp.crossfade
+             else "hard cuts without crossfade")
+    c.print(f"  continuity {'on' if sp.continuity else 'off'}; {cross}", markup=False)
     for r in rows:
-        c.print(f"  {r['index'] + 1:>2}. {r['planned_frames']:>3} frames  {'[cut] ' if r['cut'] else ''}"
-                f"{r['prompt']}", markup=False)
+        c.print(f"  {r['index'] + 1:>2}. {r['planned_frames']:>3} frames  {r['start_time_s']:6.2f}–"
+                f"{r['end_time_s']:.2f} s  {r['transition']:<9}  {r['task']}  {r['prompt']}", markup=False)
+    c.print(f"[bold]Plan[/] of the heaviest scene (scene {heaviest + 1})")
+    for line in plans[heaviest].explain():
+        c.print("  " + line, markup=False)
 
 
-def _story(source, as_json: bool, **kw) -> None:
+def _story(source, as_json: bool, **kw) -> None:  # kw: make_story's
     from .story import make_story
 
     console = _console(stderr=True)

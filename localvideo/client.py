@@ -6,6 +6,7 @@
         job = lv.submit("a red fox trotting through snow", model="tiny-wan", steps=4)
         job = lv.wait(job.id, on_progress=lambda j: print(j.state, j.progress))
         lv.download(job.id, "fox.mp4")
+        story = lv.submit_story("[2s] a fox wakes\n[2s] it trots into the snow", model="tiny-wan")
 
 Jobs come back as :class:`~localvideo.jobs.models.Job` values (the same fields as the server's JSON). Errors are
 :class:`ApiError` with the server's ``code``, ``message``, ``hint`` and the HTTP ``status``. ``wait`` follows the
@@ -91,6 +92,15 @@ def _image_request(image, last_image, prompt: str | None, fields: dict) -> dict:
     if last_image is not None:
         files["last_image"] = _file_part(last_image, "last_image")
     return {"files": files, "data": {"params": json.dumps(_submit_body(prompt, fields))}}
+
+
+def _story_request(script: str, image, fields: dict) -> tuple[str, dict]:
+    """(path, httpx arguments) of a story: JSON to /v1/jobs/story, or multipart with the image."""
+    body = {k: v for k, v in fields.items() if v is not None} | {"script": script}
+    if image is None:
+        return "/v1/jobs/story", {"json": body}
+    return "/v1/jobs/story-from-image", {"files": {"image": _file_part(image, "image")},
+                                          "data": {"params": json.dumps(body, ensure_ascii=False)}}
 
 
 def _list_params(state: str | list[str] | None, limit: int, offset: int) -> list[tuple[str, Any]]:
@@ -179,6 +189,15 @@ class Client:
                      last_image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
         """Queue an image-to-video job: ``image`` (a path or bytes; PNG, JPEG or WebP) is the first frame."""
         return _job(self._req("POST", "/v1/jobs/image-to-video", **_image_request(image, last_image, prompt, fields)))
+
+    def submit_story(self, script: str, *, image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
+        """Queue a story: one scene per line of ``script`` (``"[2s] wide shot: a fox wakes"``), each generated and
+        joined into one MP4 (fields as :func:`localvideo.story.make_story`'s: ``model``, ``crossfade_s``,
+        ``continuity``, ``seed``, ``fps``, ``width``, ``height``, ``steps``, ``guidance``, ``negative_prompt``,
+        ``duration_s``, ``from_paragraph``, ``expand_prompt``). ``image`` (a path or bytes): the first scene starts
+        from it (image-to-video; required by models that only do image-to-video)."""
+        path, kw = _story_request(script, image, fields)
+        return _job(self._req("POST", path, **kw))
 
     def submit_animation(self, image: str | os.PathLike | bytes, **fields: Any) -> Job:
         """Queue a photo animation (no model weights): ``move``, ``width``, ``height``, ``fps``, ``duration_s`` or
@@ -300,6 +319,12 @@ class AsyncClient:
                            last_image: str | os.PathLike | bytes | None = None, **fields: Any) -> Job:
         return _job(await self._req("POST", "/v1/jobs/image-to-video",
                                     **_image_request(image, last_image, prompt, fields)))
+
+    async def submit_story(self, script: str, *, image: str | os.PathLike | bytes | None = None,
+                           **fields: Any) -> Job:
+        """As :meth:`Client.submit_story`."""
+        path, kw = _story_request(script, image, fields)
+        return _job(await self._req("POST", path, **kw))
 
     async def submit_animation(self, image: str | os.PathLike | bytes, **fields: Any) -> Job:
         return _job(await self._req("POST", "/v1/jobs/animate", files={"image": _file_part(image, "image")},

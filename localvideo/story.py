@@ -23,7 +23,11 @@ scene at a time however long the story (720p: about 2.8 MB a frame, 225 MB for a
 CRF 18, by the project's one encoder. With ``keep_segments=True`` each scene is also encoded, from the same frames,
 to its own ``scene-NNN.mp4`` (with its JSON sidecar), and the folder is kept as ``<name>.segments/`` (segments,
 sidecars and conditioning PNGs; the ``.npy`` frames are always removed); the joined video is never made from those
-MP4s. Otherwise the folder is removed after the join; a cancel or failure removes it and leaves no MP4. A killed
+MP4s. Otherwise the folder is removed after the join; a cancel (or Ctrl-C) removes it and leaves no MP4. A failure
+(a scene's error, the join's) leaves no joined MP4 but keeps the scenes finished by then: each encoded to its own
+``scene-NNN.mp4`` (with its sidecar), with the conditioning PNGs and a ``story.json`` (script, seed, the error), in
+``<name>.segments.failed/``, and the error's hint says where (``keep_failed_scenes=False``, as jobs run: nothing is
+kept, since a failed job's folder is removed). A killed
 process (SIGKILL, out of memory, power loss) cannot remove it: its name carries the owner tag of
 :mod:`localvideo.runtime.leftovers` (host, pid, process start time…), and the next story in that folder (or the job
 service's start) removes it once that process is provably gone — never one of a live process or another host.
@@ -49,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .catalog import ModelSpec, get_model
-from .errors import Cancelled, InvalidRequest, LocalVideoError, OutputError
+from .errors import Cancelled, DoesNotFit, InvalidRequest, LocalVideoError, OutputError
 from .hardware import Hardware
 from .prompts.scenes import MAX_SCRIPT_CHARS, Scene, ShotList, parse_script, scenes_to_script
 from .runtime import leftovers
@@ -158,6 +162,9 @@ class StoryRequest(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=4000)
     duration_s: float | None = Field(default=None, gt=0, le=60, description="Length of scenes that give none.")
     expand_prompt: bool = True
+    # the first scene starts from this image: a path on the server, set by the job service from an upload (REST:
+    # POST /v1/jobs/story-from-image); never taken from a client (not a StoryCreate field)
+    image: str | None = Field(default=None, max_length=4096)
 
     @classmethod
     def parse(cls, **fields) -> "StoryRequest":
@@ -179,7 +186,9 @@ class StoryRequest(BaseModel):
         return self.script
 
     def options(self) -> dict:
-        return self.model_dump(exclude={"script", "from_paragraph"})
+        """:func:`make_story`'s keyword arguments for a job. A failed job's folder is removed by its worker, so a
+        job keeps no finished scenes of a failed story (``keep_failed_scenes=False``): its error names none."""
+        return self.model_dump(exclude={"script", "from_paragraph"}) | {"keep_failed_scenes": False}
 
 
 def story_frames(frames: list[int], transitions: list[str], crossfade: int) -> int:
@@ -260,7 +269,8 @@ def _is_cancelled(cancel) -> bool:
 
 @dataclass
 class StoryPlan:
-    """A checked story, before anything heavy: scenes, frames per scene, transitions, pinned seed."""
+    """A checked story, before anything heavy: scenes, frames per scene, transitions, pinned seed (and, when planned
+    on a machine, each scene's plan)."""
 
     scenes: list[Scene]
     script: str
@@ -273,19 +283,45 @@ class StoryPlan:
     transitions: list[str]  # start | continued | cut | crossfade, one per scene
     planned: list[int]  # frames per scene, snapped to the model's rule
     seed: int
+    plans: list | None = None  # with hardware: each scene's planner.Plan, as the run will make it (t2v or i2v)
 
     @property
     def frames(self) -> int:
         return story_frames(self.planned, self.transitions, self.crossfade)
 
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Where each scene lands in the joined video, as planned: frames [start, end)."""
+        return _spans(self.planned, self.transitions, self.crossfade)
+
+
+def _spans(frames: list[int], transitions: list[str], crossfade: int) -> list[tuple[int, int]]:
+    """[start, end) of each segment in the joined video: a continued scene drops its first frame (the seed frame),
+    a crossfaded one starts ``crossfade`` frames before the previous one ends."""
+    out, pos = [], 0
+    for f, t in zip(frames, transitions):
+        start = pos - (crossfade if t == "crossfade" else 0)
+        pos = start + f - (1 if t == "continued" else 0)
+        out.append((start, pos))
+    return out
+
+
+API_IMAGE = "an `image` upload to POST /v1/jobs/story-from-image"
+
 
 def plan_story(script_or_scenes, *, model: str, crossfade_s: float = 0.0, continuity: bool | None = None,
                seed: int | None = None, fps: float | None = None, width: int | None = None, height: int | None = None,
                steps: int | None = None, guidance: float | None = None, image: str | None = None,
-               duration_s: float | None = None, hardware: Hardware | None = None) -> StoryPlan:
-    """Check a story without generating anything (the job service calls this at submit). Raises InvalidRequest for
-    the script, frames, crossfades and continuity; with ``hardware``, the longest scene is also planned on it (so a
-    size or length that does not fit is refused now: DoesNotFit)."""
+               duration_s: float | None = None, negative_prompt: str | None = None,
+               hardware: Hardware | None = None) -> StoryPlan:
+    """Check a story without generating anything (the job service calls this at submit, the CLI for ``--dry-run``
+    and before a run). Raises InvalidRequest for the script, frames, crossfades, continuity and the image; with
+    ``hardware``, every scene is also planned on it as the run will make it (text- or image-to-video, at the first
+    scene's size), so a size, length or setting that does not fit or is not valid is refused now (DoesNotFit /
+    InvalidRequest) rather than at scene 5."""
     scenes, script, shot_list = _scenes_from(script_or_scenes)
     spec = get_model(model)
     if fps is not None and (isinstance(fps, bool) or not 0 < float(fps) <= 240):
@@ -308,18 +344,22 @@ def plan_story(script_or_scenes, *, model: str, crossfade_s: float = 0.0, contin
     i2v = spec.supports("i2v")
     if continuity and not i2v:
         raise InvalidRequest(f"{spec.id} cannot start a clip from an image, so scenes cannot continue from the "
-                             "previous one.", hint="Drop --continuity (scenes are then joined with cuts), or use an "
-                                                   "image-to-video model such as wan2.2-ti2v-5b.")
+                             "previous one.", hint="Drop --continuity (API: leave `continuity` out); scenes are then "
+                                                   "joined with cuts. Or use an image-to-video model such as "
+                                                   "wan2.2-ti2v-5b.")
     use_continuity = i2v if continuity is None else bool(continuity)
     if not spec.supports("t2v"):
         if image is None:
             raise InvalidRequest(f"{spec.id} only makes video from an image: the first scene needs one.",
-                                 hint="Pass --image photo.jpg.")
+                                 hint=f"Pass --image photo.jpg (API: {API_IMAGE}).")
         if not use_continuity or any(s.cut for s in scenes[1:]):
             raise InvalidRequest(f"{spec.id} only makes video from an image, so every scene must continue from the "
-                                 "previous one (no --no-continuity, no [cut]).")
+                                 "previous one.", hint="Drop --no-continuity (API: leave `continuity` out) and "
+                                                       "every [cut] from the script.")
     if image is not None and not i2v:
-        raise InvalidRequest(f"{spec.id} cannot start from an image.", hint="Drop --image or use an i2v model.")
+        raise InvalidRequest(f"{spec.id} cannot start from an image.",
+                             hint="Drop --image (API: send the story without an image, to POST /v1/jobs/story), or "
+                                  "use an image-to-video model such as wan2.2-ti2v-5b.")
     transitions = []
     for k, s in enumerate(scenes):
         if k == 0:
@@ -335,17 +375,69 @@ def plan_story(script_or_scenes, *, model: str, crossfade_s: float = 0.0, contin
     base_seed = seed if seed is not None else random.randrange(2**31)
     if not 0 <= base_seed < 2**63 - len(scenes):
         raise InvalidRequest(f"The seed must be from 0 to 2^63 − {len(scenes) + 1} (got {base_seed}).")
-    if hardware is not None and spec.supports("t2v"):
-        from .planner import plan as make_plan
-        from .request import GenerationRequest
-
-        longest = max(range(len(scenes)), key=lambda i: planned[i])
-        make_plan(GenerationRequest.parse(prompt=scenes[longest].prompt, model=spec.id, width=width, height=height,
-                                          num_frames=planned[longest], fps=fps, steps=steps, guidance=guidance,
-                                          seed=base_seed), spec, hardware, task="t2v")
+    plans = None
+    if hardware is not None:
+        plans = _plan_scenes(scenes, spec, planned, transitions, hardware, fps=fps, width=width, height=height,
+                             steps=steps, guidance=guidance, negative_prompt=negative_prompt, image=image,
+                             seed=base_seed)
     return StoryPlan(scenes=scenes, script=script, shot_list=shot_list, spec=spec, fps=fps, crossfade_s=crossfade_s,
                      crossfade=crossfade, continuity=use_continuity, transitions=transitions, planned=planned,
-                     seed=base_seed)
+                     seed=base_seed, plans=plans)
+
+
+def _plan_scenes(scenes, spec, planned, transitions, hardware, *, fps, width, height, steps, guidance,
+                 negative_prompt, image, seed) -> list:
+    """Each scene planned on ``hardware`` as :func:`make_story` will run it: the first from ``image`` (i2v) or text,
+    a continued scene from the previous scene's last frame (i2v), a cut from text; every scene after the first at
+    the first one's size. Scenes with the same frames and task share one plan (planning is pure, but a story may
+    have a hundred scenes)."""
+    from .planner import plan as make_plan
+    from .request import GenerationRequest
+
+    first_size = None
+    if image is not None:
+        from .runtime.conditioning import image_size
+
+        first_size = image_size(image)  # an unreadable image is refused now, as the first scene would
+    size = (width, height)
+    plans: list = []
+    seen: dict = {}
+    for k, scene in enumerate(scenes):
+        task = "i2v" if transitions[k] == "continued" or (k == 0 and image is not None) else "t2v"
+        if k and (planned[k], task) in seen:
+            plans.append(seen[(planned[k], task)])
+            continue
+        cond = (image if k == 0 else "previous-scene-last-frame.png") if task == "i2v" else None
+        req = GenerationRequest.parse(prompt=scene.prompt, model=spec.id, width=size[0], height=size[1],
+                                      num_frames=planned[k], fps=fps, steps=steps, guidance=guidance, seed=seed + k,
+                                      negative_prompt=negative_prompt, image=cond)
+        try:
+            p = make_plan(req, spec, hardware, task=task, image_size=first_size if k == 0 else None)
+        except DoesNotFit as e:  # which scene, and a hint in the script's terms
+            raise _scene_does_not_fit(e, scene, len(scenes), fps) from None
+        if k == 0 and None in size:
+            size = (p.width, p.height)  # every later scene at the first one's size, as make_story runs them
+        plans.append(p)
+        seen[(planned[k], task)] = p
+    return plans
+
+
+def _scene_does_not_fit(e: DoesNotFit, scene: Scene, n_scenes: int, fps: float) -> DoesNotFit:
+    import re
+
+    where = f"Scene {scene.index + 1} of {n_scenes}" + (f" (line {scene.line})" if scene.line else "")
+    hint = e.hint
+    shorter = re.match(r"Try --frames (\d+)", hint or "")
+    smaller = re.match(r"Try --width (\d+) --height (\d+)", hint or "")
+    if shorter:
+        n = int(shorter.group(1))
+        hint = (f"Make scene {scene.index + 1} at most {n} frames ([{n}f], {n / fps:.2f} s at {fps:g} fps) or "
+                "split it, or use a GPU with more memory.")
+    elif smaller:
+        w, h = smaller.groups()
+        hint = f"Try --width {w} --height {h} (API: width {w}, height {h}), or a GPU with more memory."
+    return DoesNotFit(f"{where} does not fit: {e.message}", hint=hint,
+                      **{**e.details, "scene": scene.index + 1, "line": scene.line})
 
 
 def make_story(script_or_scenes, *, model: str, output: str | None = None, crossfade_s: float = 0.0,
@@ -354,7 +446,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                guidance: float | None = None, negative_prompt: str | None = None, image: str | None = None,
                duration_s: float | None = None, expand_prompt: bool = True, keep_segments: bool = False,
                hardware: Hardware | None = None, cache=None, settings: Settings | None = None, on_progress=None,
-               cancel=None) -> StoryResult:
+               cancel=None, keep_failed_scenes: bool = True) -> StoryResult:
     """Generate a story: one segment per scene, joined into one MP4 (see the module docstring).
 
     ``script_or_scenes``: script text (:mod:`localvideo.prompts.scenes` format), a list of
@@ -363,6 +455,10 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     (default: the model's default clip). ``image``: the first scene starts from this photo (image-to-video).
     ``on_progress`` receives :class:`StoryProgress`; ``cancel`` (Event or callable) raises
     :class:`~localvideo.errors.Cancelled` between or within scenes, leaving no MP4 and no segments.
+    ``hardware``: the machine every scene is planned on up front (:func:`plan_story`; None: each scene probes it).
+    ``keep_failed_scenes``: when a scene (or the join) fails, the scenes finished by then are encoded to
+    ``<name>.segments.failed/`` next to the output and the error says so (its hint, and ``kept_scenes_dir`` in its
+    details; a non-localvideo exception gets a note). A cancel, or Ctrl-C, keeps nothing.
     """
     from .generation import build_metadata, record, render
     from .media import concat
@@ -373,7 +469,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     settings = settings or get_settings()
     sp = plan_story(script_or_scenes, model=model, crossfade_s=crossfade_s, continuity=continuity, seed=seed,
                     fps=fps, width=width, height=height, steps=steps, guidance=guidance, image=image,
-                    duration_s=duration_s, hardware=hardware)
+                    duration_s=duration_s, negative_prompt=negative_prompt, hardware=hardware)
     scenes, script, shot_list, spec, fps = sp.scenes, sp.script, sp.shot_list, sp.spec, sp.fps
     crossfade, transitions, planned, base_seed, use_continuity = (sp.crossfade, sp.transitions, sp.planned, sp.seed,
                                                                   sp.continuity)
@@ -483,6 +579,18 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                                         cancel=lambda: _is_cancelled(cancel))
         for r, span in zip(results, spans):
             assert (span.start, span.end) == (r.start_frame, r.end_frame), (span, r)
+    except Cancelled:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception as e:  # a scene or the join failed: the finished scenes are kept (not on Ctrl-C: BaseException)
+        kept = None
+        if keep_failed_scenes and results:
+            kept = _keep_finished_scenes(work, out_path, results, segment_meta, fps, len(scenes), e,
+                                         dict(model=spec.id, seed=base_seed, script=script))
+        shutil.rmtree(work, ignore_errors=True)
+        if kept is not None:
+            _say_kept(e, kept, len(results), len(scenes))
+        raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -517,6 +625,63 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                        timings=timings, warnings=warnings, segments_dir=segments_dir)
 
 
+def _keep_finished_scenes(work: Path, out_path: Path, results: list[SceneResult], segment_meta: list[dict],
+                          fps: float, n_scenes: int, error: BaseException, story: dict) -> Path | None:
+    """After a failure: each finished scene as its own MP4 + JSON sidecar (encoded once from its kept frames, or as
+    already kept with ``keep_segments``), the conditioning PNGs, and ``story.json`` (the script, seed and why it
+    stopped), in ``<name>.segments.failed/`` (a free name) next to the output. Not hidden and carrying no owner tag,
+    so no leftovers sweep ever removes it: it is the user's. Returns the folder, or None when it could not be made
+    (the disk that failed the story may be full): then nothing is kept and the error is left as it was."""
+    import numpy as np
+
+    from .media.encode import VideoWriter, write_sidecar
+
+    try:
+        for r, meta in zip(results, segment_meta):
+            mp4 = work / f"scene-{r.index + 1:03d}.mp4"
+            if not mp4.is_file():
+                frames = np.load(work / f"scene-{r.index + 1:03d}.npy", mmap_mode="r", allow_pickle=False)
+                tags = {"title": str(meta.get("prompt") or r.text)[:200],
+                        "comment": f"localvideo {__version__} story scene {r.index + 1} of {n_scenes}, kept after "
+                                   "the story failed",
+                        "localvideo": json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)}
+                with VideoWriter(mp4, fps=fps, metadata=tags) as writer:
+                    for i in range(frames.shape[0]):
+                        writer.write(np.asarray(frames[i]))
+                del frames
+                enc = writer.result
+                write_sidecar(mp4, meta | {"file": {"path": str(enc.path), "bytes": enc.bytes, "frames": enc.frames,
+                                                    "width": enc.width, "height": enc.height, "padded": enc.padded}})
+        for f in work.glob("scene-*.npy"):
+            f.unlink()
+        dest = _free_folder(out_path.parent / f"{out_path.stem}{SEGMENTS_SUFFIX}.failed")
+        for r in results:
+            r.segment = str(dest / f"scene-{r.index + 1:03d}.mp4")
+        code = getattr(error, "code", type(error).__name__)
+        message = getattr(error, "message", None) or str(error)
+        (work / "story.json").write_text(json.dumps(
+            {"kind": "story-failed", **story, "scene_count": n_scenes, "scenes_kept": [r.index + 1 for r in results],
+             "error": {"error": code, "message": message}, "scenes": [r.to_dict() for r in results]},
+            indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        os.replace(work, dest)
+        return dest
+    except Exception as e:
+        log.warning("the story failed, and its finished scenes could not be kept either: %s", e)
+        return None
+
+
+def _say_kept(error: BaseException, folder: Path, done: int, n_scenes: int) -> None:
+    """Tell where the finished scenes are: first in the hint of a localvideo error, else as a note."""
+    which = f"Scene 1 of {n_scenes} is" if done == 1 else f"Scenes 1–{done} of {n_scenes} are"
+    said = f"{which} kept in {folder} (an MP4 per scene, with its settings)."
+    log.info("story failed: %s", said)
+    if isinstance(error, LocalVideoError):
+        error.hint = f"{said} {error.hint}" if error.hint else said
+        error.details["kept_scenes_dir"] = str(folder)
+    else:
+        error.add_note(said)
+
+
 def _check_crossfades(frames: list[int], transitions: list[str], crossfade: int, fps: float) -> None:
     """Each segment must have enough frames for its crossfades in and out (frames are never blended twice)."""
     for k, f in enumerate(frames):
@@ -527,7 +692,7 @@ def _check_crossfades(frames: list[int], transitions: list[str], crossfade: int,
             raise InvalidRequest(
                 f"Scene {k + 1} has {f} frames ({f / fps:.2f} s), too few for crossfades of {crossfade} frames "
                 f"({crossfade / fps:.2f} s) {'on both sides' if need_in and need_out else ''}".rstrip() + ".",
-                hint="Use a shorter --crossfade or longer scenes.", scene=k + 1)
+                hint="Use a shorter --crossfade (API: crossfade_s) or longer scenes.", scene=k + 1)
 
 
 def _keep_frames(frames, dest: Path, k: int):
@@ -539,7 +704,7 @@ def _keep_frames(frames, dest: Path, k: int):
     except OSError as e:
         raise OutputError(f"Could not keep scene {k + 1}'s frames in {dest.parent} ({e.strerror or e}); a story keeps "
                           "each scene's frames uncompressed there until the final video is encoded.",
-                          hint="Free some disk space, or choose another --output folder.",
+                          hint="Free some disk space (or, on the command line, choose another --output folder).",
                           path=str(dest.parent)) from e
 
 

@@ -29,15 +29,38 @@ def test_typescript_sdk_against_the_live_server():
         _run([NPM, "ci", "--no-audit", "--no-fund"])
     _run([NPM, "run", "build"])
     dts = (JS / "dist" / "index.d.ts").read_text()
-    model_info = dts[dts.index("interface ModelInfo"):]
-    model_info = model_info[:model_info.index("\n}")]
+    model_info = _interface(dts, "ModelInfo")
     for field in ("supports_last_image: boolean;", "requires_last_image: boolean;"):
         assert field in model_info, f"ModelInfo in the published types lacks {field}"
+    _same_fields(dts)
     env = {**os.environ, "LOCALVIDEO_URL": shared_server().url}
     env.pop("LOCALVIDEO_API_TOKEN", None)
     r = _run([NODE, "--test", "test/"], env=env, timeout=400)
     out = r.stdout
-    assert "# fail 0" in out and "# skipped 0" in out and "# pass 3" in out, out[-3000:]
+    assert "# fail 0" in out and "# skipped 0" in out and "# pass 4" in out, out[-3000:]
+
+
+def _interface(dts: str, name: str) -> str:
+    body = dts[dts.index(f"interface {name} "):]
+    return body[:body.index("\n}")]
+
+
+def _fields(block: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"^\s+(?:readonly )?(\w+)\??:", block, re.M))
+
+
+def _same_fields(dts: str) -> None:
+    """The published types name every field the server takes and gives: a request type per REST body (JobCreate,
+    StoryCreate, AnimateCreate) and JobResult as the job service fills it."""
+    from localvideo.api.schemas import AnimateCreate, JobCreate, StoryCreate
+    from localvideo.jobs.models import JobProgress, JobResult
+
+    for ts, model in (("JobRequest", JobCreate), ("StoryRequest", StoryCreate), ("AnimationRequest", AnimateCreate),
+                      ("JobResult", JobResult), ("JobProgress", JobProgress)):
+        assert _fields(_interface(dts, ts)) == set(model.model_fields), (ts, _fields(_interface(dts, ts)) ^
+                                                                          set(model.model_fields))
 
 
 def _locked_ts(lock: str) -> str:

@@ -136,3 +136,39 @@ def test_photo_animation_job_runs_streams_and_cancels(url, tmp_path):
         with pytest.raises(ApiError) as e:
             lv.submit_animation(photo, duration_s=2, num_frames=10)
         assert e.value.status == 422 and "not both" in e.value.message
+
+
+STORY = {"model": "tiny-wan", "width": 64, "height": 64, "steps": 2, "seed": 21}
+SCRIPT = "[5f] a paper boat drifts\n[5f] it spins in a whirlpool"
+
+
+def test_submit_story_sync_and_async_with_an_uploaded_first_frame(url, tmp_path):
+    from PIL import Image
+
+    with Client(url) as lv:
+        job = lv.submit_story(SCRIPT, negative_prompt="blurry", **STORY)
+        assert job.kind == "story" and job.request["seed"] == 21 and job.request["negative_prompt"] == "blurry"
+        done = lv.wait(job.id, timeout=120, raise_on_failure=True)
+        # 5 + 5 frames; scene 2 continues from scene 1's last frame, whose copy it drops: 9
+        assert done.result.frames == 9 == probe(lv.download(job.id, tmp_path / "boat.mp4")).frames
+        assert [(s["transition"], s["task"]) for s in done.result.scenes] == [("start", "t2v"), ("continued", "i2v")]
+        with pytest.raises(ApiError) as e:  # an image-to-video-only model needs the first frame: the hint says how
+            lv.submit_story("a fox", model="wan2.1-i2v-14b-480p")
+        assert e.value.status == 422 and "story-from-image" in e.value.hint and "--image" in e.value.hint
+        with pytest.raises(ApiError) as e:
+            lv.submit_story(SCRIPT, image=b"not an image", **STORY)
+        assert e.value.status == 415
+
+    photo = tmp_path / "pond.png"
+    Image.new("RGB", (80, 64), (20, 120, 60)).save(photo)
+
+    async def main():
+        async with AsyncClient(url) as lv:
+            job = await lv.submit_story(SCRIPT, image=photo, **STORY)
+            assert job.kind == "story" and job.request["image"] == "uploaded:image.png"
+            done = await lv.wait(job.id, timeout=120, raise_on_failure=True)
+            assert done.result.frames == 9 and (done.result.width, done.result.height) == (64, 64)
+            assert [s["task"] for s in done.result.scenes] == ["i2v", "i2v"], "the first scene starts from the image"
+            assert probe(await lv.download(job.id, tmp_path / "pond.mp4")).frames == 9
+
+    asyncio.run(main())

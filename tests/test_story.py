@@ -18,7 +18,7 @@ from PIL import Image
 
 from _helpers import teach_tiny_lm, torch_threads
 from conftest import run_cli
-from localvideo.errors import Cancelled, InvalidRequest
+from localvideo.errors import Cancelled, GenerationFailed, InvalidRequest
 from localvideo.hardware import Hardware
 from localvideo.media.concat import Piece, blend, join
 from localvideo.media.encode import encode_video
@@ -352,6 +352,62 @@ def test_bad_stories_fail_before_any_work(kwargs, words, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Boom(RuntimeError):
+    pass
+
+
+NAN = "Denoising produced NaN/Inf latents; no video was written."
+
+
+@pytest.mark.parametrize("make_error,keep_segments,keep_failed", [
+    (lambda: GenerationFailed(NAN, hint="Try another seed."), False, True),
+    (lambda: _Boom("CUDA error: an illegal memory access was encountered"), True, True),
+    (lambda: GenerationFailed(NAN), False, False),
+], ids=["localvideo-error", "other-error-with-kept-segments", "jobs-keep-nothing"])
+def test_a_failing_scene_keeps_the_scenes_finished_before_it(cache, tmp_path, make_error, keep_segments, keep_failed):
+    """Scene 3 of 3 fails while denoising: no story MP4, but scenes 1–2 are in story.segments.failed/, each a real
+    MP4 of its frames with its settings, and the error says where (a job keeps nothing: its folder is removed)."""
+    from localvideo.errors import LocalVideoError
+    from localvideo.runtime import leftovers
+
+    error = make_error()
+
+    def on_progress(p):
+        if p.scene == 3 and p.phase == "denoising":
+            raise error
+
+    out = tmp_path / "story.mp4"
+    with pytest.raises(type(error)) as e:
+        make_story("[5f] a fox sleeps\n[5f] a fox wakes\n[cut] [5f] a crow lands", model="tiny-wan", width=64,
+                   height=64, steps=1, seed=6, output=str(out), hardware=CPU, cache=cache, on_progress=on_progress,
+                   keep_segments=keep_segments, keep_failed_scenes=keep_failed)
+    kept = tmp_path / "story.segments.failed"
+    said = f"Scenes 1–2 of 3 are kept in {kept} (an MP4 per scene, with its settings)."
+    if not keep_failed:
+        assert list(tmp_path.iterdir()) == [] and said not in str(e.value) and "kept_scenes_dir" not in e.value.details
+        return
+    if isinstance(error, LocalVideoError):
+        assert e.value.hint == f"{said} Try another seed." and e.value.details["kept_scenes_dir"] == str(kept)
+        assert e.value.message == NAN
+    else:
+        assert e.value.__notes__ == [said]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["story.segments.failed"]  # no story MP4, no work folder
+    assert sorted(p.name for p in kept.iterdir()) == ["scene-001-last.png", "scene-001.json", "scene-001.mp4",
+                                                      "scene-002.json", "scene-002.mp4", "story.json"]
+    for k in (1, 2):
+        video = kept / f"scene-00{k}.mp4"
+        info = probe(video)
+        meta = json.loads((kept / f"scene-00{k}.json").read_text())
+        assert info.frames == 5 and (info.width, info.height) == (64, 64) and len(read_frames(video)) == 5
+        assert meta["seed"] == 6 + k - 1 and json.loads(info.tags["localvideo"])["seed"] == meta["seed"]
+        assert meta["task"] == ("t2v" if k == 1 else "i2v")
+    story = json.loads((kept / "story.json").read_text())
+    assert story["scenes_kept"] == [1, 2] and story["scene_count"] == 3 and story["seed"] == 6
+    assert story["script"].startswith("[5f] a fox sleeps")
+    assert story["scenes"][1]["segment"] == str(kept / "scene-002.mp4")
+    assert leftovers.sweep([tmp_path]) == [] and kept.is_dir(), "the leftovers sweep never removes kept scenes"
+
+
 def test_scenes_list_and_no_continuity(cache, tmp_path):
     scenes = [Scene(index=0, prompt="a fox sleeps", text="a fox sleeps", frames=5),
               Scene(index=1, prompt="a fox wakes", text="a fox wakes", frames=5)]
@@ -366,12 +422,16 @@ def test_cli_story(tmp_path):
     script.write_text("[0.5s] wide shot: a red fox trots\n[0.5s] close-up: the fox blinks\n", encoding="utf-8")
     out = tmp_path / "cli.mp4"
     r = run_cli("story", str(script), "--model", "tiny-ltx", "--width", "64", "--height", "64", "--steps", "1",
-                "--seed", "4", "--crossfade", "0.1", "--output", str(out), "--json")
+                "--seed", "4", "--crossfade", "0.1", "--negative", "blurry, text overlay", "--output", str(out),
+                "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     # 0.5 s at 24 fps = 12 → 9 frames (8k+1); tiny-ltx does i2v: scene 2 continues (crossfades only at cuts)
     assert data["ok"] and data["frames"] == 9 + 9 - 1 == probe(out).frames and data["continuity"] is True
     assert [s["transition"] for s in data["scenes"]] == ["start", "continued"]
+    # --negative: every scene's model read it (recorded per scene in the MP4's metadata)
+    tag = json.loads(probe(out).tags["localvideo"])
+    assert [s["negative_prompt"] for s in tag["scenes"]] == ["blurry, text overlay"] * 2
     bad = run_cli("story", "[4s a fox", "--model", "tiny-ltx", "--json")
     assert bad.returncode == 2 and json.loads(bad.stdout)["line"] == 1
     dry = run_cli("story", PARAGRAPH, "--from-paragraph", "--model", "tiny-wan", "--duration", "1", "--dry-run",

@@ -65,3 +65,61 @@ def test_cancel_a_running_story_leaves_no_file(api, server):
     folder = server.home / "outputs" / job["id"]
     assert not folder.exists() or not any(folder.iterdir())
     assert api.get(f"/v1/jobs/{job['id']}/video").status_code == 404
+
+
+def _png(w: int = 80, h: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 90, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_story_can_start_from_an_uploaded_image(api, server, tmp_path):
+    params = {"script": "[5f] the sun sets\n[5f] the sky turns violet", "model": "tiny-wan", "width": 64,
+              "height": 64, "steps": 2, "seed": 3}
+    r = api.post("/v1/jobs/story-from-image", files={"image": ("sunset.png", _png(), "image/png")},
+                 data={"params": json.dumps(params)})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "story" and job["request"]["image"] == "uploaded:image.png"  # no server path shown
+    assert (server.home / "uploads" / job["id"] / "image.png").is_file()
+    final = sse_jobs(api, job["id"], timeout=180)[-1][2]
+    assert final["state"] == "succeeded", final
+    res = final["result"]
+    assert res["frames"] == 9 and [s["task"] for s in res["scenes"]] == ["i2v", "i2v"]
+    out = tmp_path / "sunset.mp4"
+    out.write_bytes(api.get(final["links"]["video"]).content)
+    md = json.loads(probe(out).tags["localvideo"])
+    assert md["scenes"][0]["conditioning"]["from"] == "image" and md["scenes"][1]["transition"] == "continued"
+
+
+def test_story_image_uploads_are_checked_like_image_to_video(api, server):
+    uploads = server.home / "uploads"
+    before = set(uploads.iterdir()) if uploads.exists() else set()
+    story = {"script": "a fox", "model": "tiny-wan"}
+    # an image-to-video-only model: without an image the hint names the upload; with one the story is planned
+    i2v_only = {"script": "[1s] a fox wakes\n[1s] it stretches", "model": "wan2.1-i2v-14b-480p"}
+    no_image = api.post("/v1/jobs/story", json=i2v_only)
+    assert no_image.status_code == 422 and "needs one" in no_image.json()["message"]
+    assert "POST /v1/jobs/story-from-image" in no_image.json()["hint"]
+    with_image = api.post("/v1/jobs/story-from-image", files={"image": ("a.png", _png(), "image/png")},
+                          data={"params": json.dumps(i2v_only)})
+    assert with_image.json()["error"] in ("model_not_installed", "does_not_fit"), with_image.text
+    assert "needs one" not in with_image.json()["message"]
+    not_image = api.post("/v1/jobs/story-from-image", files={"image": ("a.png", b"plain text", "image/png")},
+                         data={"params": json.dumps(story)})
+    assert not_image.status_code == 415
+    huge = api.post("/v1/jobs/story-from-image", files={"image": ("a.png", b"\0" * 21_000_000, "image/png")},
+                    data={"params": json.dumps(story)})
+    assert huge.status_code == 413
+    t2v_only = api.post("/v1/jobs/story-from-image", files={"image": ("a.png", _png(), "image/png")},
+                        data={"params": json.dumps({"script": "a\nb", "model": "tiny-cogvideox"})})
+    assert t2v_only.status_code == 422 and "cannot start from an image" in t2v_only.json()["message"]
+    path = api.post("/v1/jobs/story", json={**story, "image": "/etc/passwd"})  # no server paths from clients
+    assert path.status_code == 422
+    as_json = api.post("/v1/jobs/story-from-image", json=story)
+    assert as_json.status_code == 415
+    assert (set(uploads.iterdir()) if uploads.exists() else set()) == before, "a refused story keeps no upload"

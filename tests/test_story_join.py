@@ -148,8 +148,9 @@ def test_story_is_encoded_once_from_the_runner_frames(cache, tmp_path, lv_home):
     assert not list(tmp_path.glob(".*"))
 
 
-def test_a_failed_join_leaves_nothing(cache, tmp_path, lv_home, monkeypatch):
-    """The disk fills up while the story is encoded: the error, and no MP4, work folder or kept frames."""
+def test_a_failed_join_leaves_no_story_but_keeps_the_scenes(cache, tmp_path, lv_home, monkeypatch):
+    """The disk fills up while the story is encoded: the error, no story MP4, no work folder or kept frames — and
+    both finished scenes, each encoded to its own MP4, in fail.segments.failed/ (said in the error's note)."""
     real_write = encode_mod.VideoWriter.write
     seen: list = []
 
@@ -165,10 +166,15 @@ def test_a_failed_join_leaves_nothing(cache, tmp_path, lv_home, monkeypatch):
     monkeypatch.setattr(encode_mod.VideoWriter, "write", write)
     latents = lv_home / "latents"
     before = set(latents.glob("*")) if latents.exists() else set()
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as e:
         make_story("[5f] a fox sleeps\n[cut] [5f] a fox wakes", model="tiny-wan", width=64, height=64, steps=1,
                    seed=2, crossfade_s=0.125, output=str(tmp_path / "fail.mp4"), hardware=CPU, cache=cache,
                    on_progress=on_progress)
     assert seen == [["scene-001.npy", "scene-002.npy"]]  # no segment MP4 is made unless segments are kept
-    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "fail.segments.failed"
+    assert e.value.__notes__ == [f"Scenes 1–2 of 2 are kept in {kept} (an MP4 per scene, with its settings)."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fail.segments.failed"]
+    assert sorted(p.name for p in kept.iterdir()) == ["scene-001.json", "scene-001.mp4", "scene-002.json",
+                                                      "scene-002.mp4", "story.json"]
+    assert [probe(kept / f"scene-00{k}.mp4").frames for k in (1, 2)] == [5, 5]
     assert (set(latents.glob("*")) if latents.exists() else set()) == before

@@ -23,7 +23,7 @@ from ..jobs.service import JobService
 from ..media.upload import UnsupportedMediaType, UploadTooLarge
 from ..settings import Settings, get_settings
 from .auth import GuardMiddleware, Unauthorized, check_bind, is_loopback
-from .routes import ANIMATE, STORY, UPLOAD_I2V, public, router
+from .routes import ANIMATE, STORY, STORY_IMAGE, UPLOAD_I2V, public, router
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
                            allow_headers=["Authorization", "Content-Type", "Range", "Last-Event-ID"],
                            expose_headers=["Content-Range", "Accept-Ranges", "Content-Length"], max_age=600)
     upload_paths = {UPLOAD_I2V: settings.api_max_upload_bytes + 64 * 1024,
-                    ANIMATE: settings.api_max_upload_bytes + 64 * 1024}
+                    ANIMATE: settings.api_max_upload_bytes + 64 * 1024,
+                    STORY_IMAGE: settings.api_max_upload_bytes + settings.api_max_body_bytes}  # + a script
     if ui:
         from ..ui import mount
 
@@ -124,7 +125,8 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
                        upload_paths=upload_paths,
                        body_types={("POST", "/v1/jobs"): "application/json", ("POST", STORY): "application/json",
                                    ("POST", UPLOAD_I2V): "multipart/form-data",
-                                   ("POST", ANIMATE): "multipart/form-data"})
+                                   ("POST", ANIMATE): "multipart/form-data",
+                                   ("POST", STORY_IMAGE): "multipart/form-data"})
     return app
 
 

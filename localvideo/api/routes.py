@@ -23,6 +23,7 @@ from .sse import job_events
 
 UPLOAD_I2V = "/v1/jobs/image-to-video"  # full path (the guard middleware bounds its body separately)
 STORY = "/v1/jobs/story"
+STORY_IMAGE = "/v1/jobs/story-from-image"  # full path, multipart like UPLOAD_I2V
 ANIMATE = "/v1/jobs/animate"  # full path, multipart like UPLOAD_I2V
 
 
@@ -75,6 +76,33 @@ def create_story_job(body: StoryCreate, svc: Svc) -> JobOut:  # type: ignore[val
     frame on image-to-video models), joined into one MP4. Progress carries `scene` of `scenes`; cancel works as for
     any job."""
     return JobOut.of(svc.submit_story(**body.model_dump(exclude_unset=True)))  # type: ignore[attr-defined]
+
+
+@router.post(STORY_IMAGE.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],
+             responses={400: E, 409: E, 413: E, 415: E, 422: E, 503: E})
+async def create_story_image_job(
+    request: Request,
+    image: Annotated[UploadFile, File(description="The first scene's first frame: PNG, JPEG or WebP (checked by "
+                                                  "content)")],
+    params: Annotated[str, Form(max_length=1_000_000, description="StoryCreate fields as a JSON object (as "
+                                                                  "POST /v1/jobs/story)")] = "{}",
+) -> JobOut:
+    """A story whose first scene starts from `image` (image-to-video; needed by models that only do image-to-video):
+    the upload is checked (bytes, pixels, content) and stored by job id as for POST /v1/jobs/image-to-video, the
+    story checked as for POST /v1/jobs/story, and the job (kind `story`) queued."""
+    svc: JobService = request.app.state.service
+    settings = svc.settings
+    data = await image.read(settings.api_max_upload_bytes + 1)
+    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
+                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
+    fields = _params(params)
+    try:
+        body = StoryCreate.model_validate(fields)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise InvalidRequest(one_sentence(e), hint="params takes the same fields as POST /v1/jobs/story.") from None
+    job = await run_in_threadpool(lambda: svc.submit_story(uploads={"image": checked},
+                                                           **body.model_dump(exclude_unset=True)))
+    return JobOut.of(job)
 
 
 @router.post(UPLOAD_I2V.removeprefix("/v1"), status_code=202, response_model=JobOut, tags=["jobs"],

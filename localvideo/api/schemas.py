@@ -31,14 +31,17 @@ JobCreate = create_model(
 def _story_fields() -> dict[str, Any]:
     from ..story import StoryRequest
 
-    return {name: (f.annotation, f) for name, f in StoryRequest.model_fields.items()}
+    # image: a path on the server, set from an upload (POST /v1/jobs/story-from-image), never by a client
+    return {name: (f.annotation, f) for name, f in StoryRequest.model_fields.items() if name != "image"}
 
 
 StoryCreate = create_model(
     "StoryCreate",
     __config__=ConfigDict(extra="forbid", json_schema_extra={
         "description": "A story job: one scene per line of `script` ('[4s] wide shot: a fox wakes'), each generated "
-                       "and joined into one MP4. Checked at submit (errors name the line); the seed is pinned."}),
+                       "and joined into one MP4. Checked at submit (errors name the line); the seed is pinned. To "
+                       "start the first scene from an image (image-to-video models), send these fields as `params` "
+                       "with an `image` upload to POST /v1/jobs/story-from-image."}),
     **_story_fields(),
 )
 

@@ -221,10 +221,13 @@ class JobService:
         return self._enqueue(Job(id=job_id, kind=kind, state="queued", request=stored, created_at=utcnow(),
                                  progress=JobProgress(phase="queued")))
 
-    def submit_story(self, request: dict | None = None, **fields: Any) -> Job:
+    def submit_story(self, request: dict | None = None, *, uploads: dict | None = None, **fields: Any) -> Job:
         """Validate and queue a story job (kind ``story``: see :mod:`localvideo.story`). Checked at once like
-        :meth:`submit`: the script (errors name the line), frames, crossfades, continuity, the longest scene planned
-        on this machine, the model installed. The seed is pinned."""
+        :meth:`submit`: the script (errors name the line), frames, crossfades, continuity, every scene planned
+        on this machine, the model installed. The seed is pinned.
+
+        ``uploads={"image": CheckedImage}``: the first scene starts from that image (stored under
+        ``<home>/uploads/<job id>/`` like :meth:`submit`'s); from Python, ``image`` may also be a path."""
         from ..runtime.store import find, pull_command
         from ..story import StoryRequest, plan_story
 
@@ -234,17 +237,31 @@ class JobService:
         if data.get("output") is not None:
             raise InvalidRequest("Jobs choose their own output file (under the outputs folder, by job id).",
                                  hint="Leave output out; download the video by job id.")
-        req = StoryRequest.parse(**data)
-        opts = req.options()
-        sp = plan_story(req.source(), hardware=self.hardware(),
-                        **{k: opts[k] for k in ("model", "crossfade_s", "continuity", "seed", "fps", "width", "height",
-                                                "steps", "guidance", "duration_s")})
-        if not sp.spec.tiny and find(sp.spec, self.settings) is None:
-            raise ModelNotInstalled(f"{sp.spec.id} is not installed on this machine.",
-                                    hint=f"Download it with: {pull_command(sp.spec)}", model=sp.spec.id,
-                                    command=pull_command(sp.spec))
+        job_id = uuid.uuid4().hex
+        try:
+            for key, upload in (uploads or {}).items():
+                if key != "image":
+                    raise InvalidRequest(f"Unknown upload {key!r}: a story takes one image, its first frame.")
+                folder = self.upload_dir(job_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"image{upload.extension}"
+                path.write_bytes(upload.data)
+                data["image"] = str(path)
+            req = StoryRequest.parse(**data)
+            opts = req.options()
+            sp = plan_story(req.source(), hardware=self.hardware(),
+                            **{k: opts[k] for k in ("model", "crossfade_s", "continuity", "seed", "fps", "width",
+                                                    "height", "steps", "guidance", "duration_s", "negative_prompt",
+                                                    "image")})
+            if not sp.spec.tiny and find(sp.spec, self.settings) is None:
+                raise ModelNotInstalled(f"{sp.spec.id} is not installed on this machine.",
+                                        hint=f"Download it with: {pull_command(sp.spec)}", model=sp.spec.id,
+                                        command=pull_command(sp.spec))
+        except BaseException:
+            shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
+            raise
         stored = req.model_dump() | {"seed": sp.seed}  # pinned now, so a retry makes the same video
-        return self._enqueue(Job(id=uuid.uuid4().hex, kind="story", state="queued", request=stored,
+        return self._enqueue(Job(id=job_id, kind="story", state="queued", request=stored,
                                  created_at=utcnow(), progress=JobProgress(phase="queued")))
 
     def submit_animation(self, request: dict | None = None, *, uploads: dict | None = None, **fields: Any) -> Job:

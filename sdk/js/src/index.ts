@@ -5,6 +5,7 @@
  *   const job = await lv.submit({ prompt: "a red fox in snow", model: "tiny-wan", steps: 4 });
  *   const done = await lv.wait(job.id, { onProgress: (j) => console.log(j.state, j.progress) });
  *   const mp4 = await lv.download(job.id); // Uint8Array
+ *   const story = await lv.submitStory({ script: "[2s] a fox wakes\n[2s] it trots away", model: "tiny-wan" });
  *
  * Field names are the Python API's (prompt, negative_prompt, model, width, height, num_frames, fps, steps, guidance,
  * seed, …). Errors are `ApiError` with the server's `code`, `message`, `hint` and the HTTP `status`.
@@ -27,6 +28,55 @@ export interface JobRequest {
   seed?: number | null;
   strategy?: "auto" | "resident" | "model_offload" | "group_offload" | "group_offload_leaf" | "sequential_offload";
   vae_tiling?: boolean | null;
+  /** Rewrite the prompt in the style the model's family was trained on (default true). */
+  expand_prompt?: boolean;
+  /** Transformer storage: auto (fp8 only when nothing else fits short of sequential offload), none, fp8, int8.
+   *  (gguf needs a GGUF file, which the API does not take.) */
+  quantization?: "auto" | "none" | "fp8" | "int8";
+  /** Step cache, off by default: "fbc", "mag" or "taylor", optionally ":value" (e.g. "fbc:0.1", "taylor:3"). */
+  step_cache?: string | null;
+  /** Attention backend (flash/sage fall back to sdpa with a warning where not installed). */
+  attention?: "sdpa" | "flash" | "sage";
+}
+
+/** A story (`submitStory`): one scene per line of `script`, e.g. "[2s] wide shot: a fox wakes", each generated and
+ *  joined into one MP4. */
+export interface StoryRequest {
+  script: string;
+  model?: string;
+  /** `script` is a paragraph: one scene per sentence. */
+  from_paragraph?: boolean;
+  /** Seconds of crossfade at hard cuts (0: plain cuts). */
+  crossfade_s?: number;
+  /** Each scene starts from the previous one's last frame (null: when the model does image-to-video). */
+  continuity?: boolean | null;
+  /** Base seed; scene k (1-based) uses seed + k - 1. */
+  seed?: number | null;
+  fps?: number | null;
+  width?: number | null;
+  height?: number | null;
+  steps?: number | null;
+  guidance?: number | null;
+  negative_prompt?: string | null;
+  /** Length of scenes that give none (default: the model's default clip). */
+  duration_s?: number | null;
+  expand_prompt?: boolean;
+}
+
+/** One scene of a finished story (`JobResult.scenes`): frames [start_frame, end_frame) of the joined video. */
+export interface StoryScene {
+  index: number;
+  text: string;
+  seed: number;
+  /** Frames generated for the scene. */
+  frames: number;
+  /** Frames of it in the joined video (a continued scene drops its copy of the previous scene's last frame). */
+  kept: number;
+  start_frame: number;
+  end_frame: number;
+  start_time_s: number;
+  transition: "start" | "continued" | "cut" | "crossfade";
+  task: "t2v" | "i2v";
 }
 
 export interface AnimationRequest {
@@ -74,6 +124,11 @@ export interface JobResult {
   timings: Record<string, number>;
   notes: string[];
   warnings: string[];
+  /** What the run gave up after running out of memory (e.g. "frames 81 → 49 after OOM while denoising"; stories:
+   *  each prefixed "scene N: "). Empty: made as planned. */
+  degraded: string[];
+  /** Stories: one entry per scene; empty for other jobs. */
+  scenes: StoryScene[];
 }
 
 export interface JobErrorInfo {
@@ -282,6 +337,16 @@ export class LocalVideoClient {
   async submit(request: JobRequest): Promise<Job> {
     const body = Object.fromEntries(Object.entries(request).filter(([, v]) => v !== undefined));
     return (await this.request("POST", "/v1/jobs", { body })).json() as Promise<Job>;
+  }
+
+  /** Queue a story (kind "story"). With `image` (PNG, JPEG or WebP bytes) the first scene starts from it
+   *  (image-to-video; models that only do image-to-video need it). */
+  async submitStory(request: StoryRequest, options: { image?: Blob | Uint8Array } = {}): Promise<Job> {
+    if (options.image !== undefined) {
+      return this.multipart("/v1/jobs/story-from-image", { image: options.image }, request);
+    }
+    const body = Object.fromEntries(Object.entries(request).filter(([, v]) => v !== undefined));
+    return (await this.request("POST", "/v1/jobs/story", { body })).json() as Promise<Job>;
   }
 
   /** Queue a photo animation (no model weights): a camera move on `image`. */

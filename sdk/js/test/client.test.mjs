@@ -87,6 +87,35 @@ test("submit, follow progress over SSE, download a real MP4", opts, async () => 
   await assert.rejects(lv.get(job.id), (e) => e instanceof ApiError && e.status === 404 && e.code === "not_found");
 });
 
+test("submitStory: scenes joined into one MP4, from text and from an uploaded first frame", opts, async () => {
+  const lv = client();
+  const story = { script: "[5f] a kite rises\n[5f] it loops over the dunes", model: "tiny-wan", width: 64, height: 64,
+                  steps: 2, seed: 11 };
+  const plain = await lv.submitStory(story);
+  assert.equal(plain.kind, "story");
+  assert.equal(plain.request.seed, 11);
+  const done = await lv.wait(plain.id, { timeoutMs: 120_000, raiseOnFailure: true });
+  // 5 + 5 frames, the second scene continues from the first one's last frame (its copy of it dropped): 9
+  assert.equal(done.result.frames, 9);
+  assert.deepEqual(done.result.scenes.map((s) => [s.start_frame, s.end_frame, s.transition, s.task]),
+                   [[0, 5, "start", "t2v"], [5, 9, "continued", "i2v"]]);
+  assert.deepEqual(done.result.degraded, []);
+  const mp4 = await lv.download(plain.id);
+  assert.equal(mp4.length, done.result.bytes);
+  assert.equal(new TextDecoder().decode(mp4.slice(4, 8)), "ftyp");
+
+  const thumb = await lv.download(plain.id, { thumbnail: true });
+  const fromImage = await lv.submitStory(story, { image: thumb });
+  assert.equal(fromImage.request.image, "uploaded:image.jpg");
+  const imageDone = await lv.wait(fromImage.id, { timeoutMs: 120_000, raiseOnFailure: true });
+  assert.equal(imageDone.result.frames, 9);
+  assert.deepEqual(imageDone.result.scenes.map((s) => s.task), ["i2v", "i2v"], "the first scene starts from the image");
+  await assert.rejects(lv.submitStory(story, { image: new TextEncoder().encode("plain text") }),
+                       (e) => e instanceof ApiError && e.status === 415);
+  await assert.rejects(lv.submitStory({ script: "a fox", model: "wan2.1-i2v-14b-480p" }),
+                       (e) => e instanceof ApiError && e.status === 422 && e.hint.includes("story-from-image"));
+});
+
 test("cancel a running job, retry, typed errors", opts, async () => {
   const lv = client();
   const job = await lv.submit({ prompt: "slow", ...SLOW });

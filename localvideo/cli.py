@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from typing import Optional
@@ -384,12 +385,12 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback requires a token."),
-    port: int = typer.Option(8765, help="TCP port."),
+    port: int = typer.Option(8765, min=1, max=65535, help="TCP port."),
     token: Optional[str] = typer.Option(None, envvar="LOCALVIDEO_API_TOKEN", show_envvar=True,
                                         help="API token (clients send Authorization: Bearer <token>)."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); "
                                                                     "CORS is off by default."),
-    log_level: str = typer.Option("info", help="uvicorn log level."),
+    log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug or trace."),
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the web studio at / (behind a token login when a "
                                                        "token is set)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="Where jobs run: local (this process, default) "
@@ -418,7 +419,13 @@ def serve(
             if overrides.get("executor") not in (None, "local", "ray"):
                 raise InvalidRequest(f"Unknown executor {executor!r}.", hint="Use --executor local or ray.")
             settings = settings.model_copy(update=overrides)
+        if log_level.lower() not in _LOG_LEVELS:
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"Unknown log level {log_level!r}.", hint=f"Use one of {', '.join(_LOG_LEVELS)}.")
         api = create_app(settings, host=host, token=token, cors_origins=cors_origin or None, ui=ui)
+        api.state.service.check_available()  # another server on this home: say so before listening
+        _check_port_free(host, port)
     except LocalVideoError as e:
         _fail(e, False)
     import uvicorn
@@ -431,22 +438,56 @@ def serve(
     if token:
         c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)
     # keep-alive above httpx's 5 s pool expiry, so a client never reuses a connection the server is closing
-    uvicorn.run(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=30,
+    uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5, timeout_keep_alive=30,
                 limit_concurrency=1000, server_header=False)
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise ServiceUnavailable when ``host:port`` cannot be bound now (in use, or not an address of this machine),
+    instead of uvicorn's traceback after the service started."""
+    import socket
+
+    from .jobs.models import ServiceUnavailable
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ServiceUnavailable(f"Cannot bind {host}: {e.strerror or e}.",
+                                 hint="Use an address of this machine, e.g. --host 127.0.0.1.") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            busy = e.errno in (errno.EADDRINUSE, errno.EACCES)
+            raise ServiceUnavailable(
+                f"Cannot listen on {host}:{port}: {e.strerror or e}.",
+                hint="Another program (perhaps another localvideo serve) uses that port: stop it or pass --port "
+                     "with a free one." if busy else "Use an address of this machine, e.g. --host 127.0.0.1.") \
+                from None
 
 
 @app.command()
 def animate(
     image: str = typer.Argument(..., help="The photo to animate (JPEG, PNG, WebP, TIFF, …)."),
     move: str = typer.Option("auto", "--move", help="zoom-in, zoom-out, pan-left, pan-right, orbit, dolly or auto."),
-    width: Optional[int] = typer.Option(None, help="Output width in pixels (default: the photo's aspect, 768 long)."),
-    height: Optional[int] = typer.Option(None, help="Output height in pixels."),
+    width: Optional[int] = typer.Option(None, help="Output width in pixels (default: the photo's own size, long side "
+                                        "kept within 256–768; with only --height, the photo's aspect)."),
+    height: Optional[int] = typer.Option(None, help="Output height in pixels (with only --width: the photo's "
+                                         "aspect)."),
     fps: float = typer.Option(24.0, help="Frames per second."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Length in seconds (default 4)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (instead of --duration)."),
     parallax: Optional[bool] = typer.Option(None, "--parallax/--no-parallax",
                                             help="2.5D layers: default when the subject separates cleanly."),
     strength: float = typer.Option(1.0, help="Scale the zoom and travel (0.1–3)."),
+    easing: str = typer.Option("ease-in-out", "--easing", help="Speed curve of the move: linear, ease-in-out, "
+                                                               "ease-in-out-cubic or ease-out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subject cut-out (GrabCut) for parallax; recorded."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
@@ -455,7 +496,8 @@ def animate(
         from .motion.animator import animate as run_animate
 
         result = run_animate(image, move, width=width, height=height, fps=fps, duration_s=duration,
-                             num_frames=frames, output=output, parallax=parallax, strength=strength)
+                             num_frames=frames, output=output, parallax=parallax, strength=strength, easing=easing,
+                             seed=seed)
     except LocalVideoError as e:
         _fail(e, as_json)
     if as_json:
@@ -493,7 +535,8 @@ def story(
     image: Optional[str] = typer.Option(None, "--image", help="The first scene starts from this photo (i2v)."),
     from_paragraph: bool = typer.Option(False, "--from-paragraph", help="SCRIPT is a story paragraph: turn it into "
                                         "a shot list (with --enhancer: by a local LLM, validated; else one scene "
-                                        "per sentence)."),
+                                        "per sentence, a sentence under three words joined to its neighbour, at "
+                                        "most --max-scenes)."),
     enhancer: Optional[str] = typer.Option(None, "--enhancer", help="LLM id or folder for --from-paragraph."),
     max_scenes: int = typer.Option(8, "--max-scenes", help="At most this many scenes from a paragraph."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand each scene's prompt for the model."),

@@ -149,7 +149,8 @@ class StoryRequest(BaseModel):
     script: str = Field(min_length=1, max_length=MAX_SCRIPT_CHARS,
                         description="One scene per line (or per blank-line block): '[4s] wide shot: a fox wakes'.")
     model: str = Field(default="wan2.1-t2v-1.3b", max_length=200)
-    from_paragraph: bool = Field(default=False, description="script is a paragraph: one scene per sentence.")
+    from_paragraph: bool = Field(default=False, description="script is a paragraph: one scene per sentence (a "
+                                 "sentence under three words joins its neighbour; at most 8 scenes).")
     crossfade_s: float = Field(default=0.0, ge=0, le=MAX_CROSSFADE_S, description="Crossfade at hard cuts.")
     continuity: bool | None = Field(default=None, description="Each scene starts from the previous one's last "
                                                               "frame (null: when the model does image-to-video).")

@@ -245,6 +245,15 @@ def test_cli_animate(photos, tmp_path):
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["ok"] and res["render_path"] == "parallax:mediapipe-selfie" and res["frames"] == 8
+    assert (res["metadata"]["easing"], res["metadata"]["seed"]) == ("ease-in-out", 0)  # the defaults, recorded
+    eased = run_cli("animate", str(photos["coffee"]), "--move", "zoom-in", "--easing", "linear", "--seed", "7",
+                    "--frames", "4", "--width", "128", "--height", "96", "-o", str(tmp_path / "e.mp4"), "--json",
+                    timeout=120)
+    assert eased.returncode == 0, eased.stderr
+    assert (json.loads(eased.stdout)["metadata"]["easing"], json.loads(eased.stdout)["metadata"]["seed"]) == \
+        ("linear", 7)
+    wrong = run_cli("animate", str(photos["coffee"]), "--easing", "bouncy", timeout=60)
+    assert wrong.returncode == 2 and "bouncy" in wrong.stderr and "Traceback" not in wrong.stderr
     assert probe(out).frames == 8
     bad = run_cli("animate", str(tmp_path / "missing.jpg"), "--json", timeout=60)
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"] == "invalid_request"

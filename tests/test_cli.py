@@ -130,3 +130,32 @@ def test_doctor_reports_hardware_and_what_fits():
     assert fits["tiny-wan-flf2v"]["fits"] is True  # planned with the first and last frame it needs
     text = run_cli("doctor").stdout
     assert "What fits" in text and "ram" in text
+
+
+def test_serve_refuses_clearly_before_listening(tmp_path):
+    """A second server on one home, a port in use, a bad log level: one sentence and a hint, no traceback, and
+    nothing claims the server is up."""
+    import socket
+
+    from _live import LiveServer, free_port
+
+    home = tmp_path / "home"
+    first = LiveServer(home, extra_args=("--no-ui",)).start()
+    try:
+        again = run_cli("serve", "--no-ui", "--port", str(free_port()), env_extra={"LOCALVIDEO_HOME": str(home)},
+                        timeout=60)
+        assert again.returncode != 0 and "Another localvideo job service is already using" in again.stderr
+        assert "Traceback" not in again.stderr and "API on" not in again.stderr
+    finally:
+        first.stop()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = run_cli("serve", "--no-ui", "--port", str(port), env_extra={"LOCALVIDEO_HOME": str(tmp_path / "h2")},
+                        timeout=60)
+    assert taken.returncode != 0 and f"Cannot listen on 127.0.0.1:{port}" in taken.stderr
+    assert "pass --port with a free one" in taken.stderr and "Traceback" not in taken.stderr
+    bad = run_cli("serve", "--log-level", "bogus", env_extra={"LOCALVIDEO_HOME": str(tmp_path / "h3")}, timeout=60)
+    assert bad.returncode == 2 and "Unknown log level 'bogus'" in bad.stderr and "Traceback" not in bad.stderr
+    assert run_cli("serve", "--port", "99999", timeout=60).returncode == 2

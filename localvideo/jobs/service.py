@@ -115,6 +115,14 @@ class JobService:
         threading.Thread(target=self._start_workers, name="localvideo-jobs-start", daemon=True).start()
         return self
 
+    def check_available(self) -> None:
+        """Raise ServiceUnavailable now if another job service holds this database (what :meth:`start` would raise),
+        so that ``localvideo serve`` says so before it opens its port."""
+        if self._started:
+            return
+        self._plock.acquire()
+        self._plock.release()
+
     def _sweep_leftovers(self) -> None:
         """Remove what killed runs of this machine left (work folders, temp files, latents nobody was told about)
         in the folders this service writes to; only provably abandoned entries, logged with their sizes."""

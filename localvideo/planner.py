@@ -401,13 +401,13 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     if request.image and task != "i2v":
         raise InvalidRequest("An input image was given for a text-to-video run.", hint="Drop the image or use i2v.")
     if request.last_image and not request.image:
-        raise InvalidRequest("A last frame was given without a first frame.", hint="Pass --image too.")
+        raise InvalidRequest("A last frame was given without a first frame.", hint="Pass --image too (API: an image upload).")
     if request.last_image and not spec.supports_last_image:
         from .catalog import all_models
 
         takers = ", ".join(m.id for m in all_models() if m.supports_last_image)
         raise InvalidRequest(f"{spec.id} cannot condition on a last frame.",
-                             hint=f"Drop --last-image, or use a model that supports it ({takers}).")
+                             hint=f"Drop --last-image (API: the last_image upload), or use a model that supports it ({takers}).")
     if request.image and spec.requires_last_image and not request.last_image:
         raise InvalidRequest(f"{spec.id} makes a video from a first and a last frame: pass the last frame too.",
                              hint="Add --last-image end.jpg (API: a last_image upload; studio: the Last frame box).")
@@ -418,7 +418,7 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
             "Pick a model that supports this task (see `localvideo models list`).",
         )
     if task == "i2v" and not request.image:
-        raise InvalidRequest(f"{spec.id} makes video from an image: pass one.", hint="Add --image photo.jpg.")
+        raise InvalidRequest(f"{spec.id} makes video from an image: pass one.", hint="Add --image photo.jpg (API: an image upload to POST /v1/jobs/image-to-video).")
     d = spec.defaults
     notes: list[str] = []
     reasons: list[str] = []
@@ -500,7 +500,7 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
     if request.strategy != "auto":
         if on_cpu and request.strategy in NEEDS_ACCELERATOR:
             raise InvalidRequest(f"The {request.strategy} strategy needs a GPU and this machine has none.",
-                                 hint="Use --strategy auto (or resident / group_offload on the CPU).")
+                                 hint="Use --strategy auto (API: strategy \"auto\"), or resident / group_offload on the CPU.")
         candidates = [request.strategy]
     else:
         candidates = ["resident"] if on_cpu else list(GPU_STRATEGIES)
@@ -586,7 +586,7 @@ def _with_quantization(candidates: list[str], request: GenerationRequest, on_cpu
     q = "gguf" if request.gguf_path else request.quantization
     if q == "int8" and not (_installed("optimum.quanto") or _installed("torchao")):
         raise InvalidRequest("int8 weight-only quantization needs optimum-quanto (or torchao), and neither is "
-                             "installed.", hint="pip install optimum-quanto, or use --quantization fp8.")
+                             "installed.", hint="pip install optimum-quanto, or use --quantization fp8 (API: quantization \"fp8\").")
     if q != "auto":
         return [(s, q) for s in candidates]
     before = [s for s in candidates if s != "sequential_offload"]
@@ -658,13 +658,13 @@ def _suggest(spec: ModelSpec, width: int, height: int, frames: int, hardware: Ha
     f = frames - step
     while f >= 1:
         if fits(spec, width, height, f):
-            return f"Try --frames {f}, or a GPU with more memory."
+            return f"Try --frames {f} (API: num_frames {f}), or a GPU with more memory."
         f -= 4 * step
     w, h = width, height
     for _ in range(4):
         w, h = snap_size(int(w * 0.75), spec.size_multiple), snap_size(int(h * 0.75), spec.size_multiple)
         if fits(spec, w, h, frames):
-            return f"Try --width {w} --height {h}, or a GPU with more memory."
+            return f"Try --width {w} --height {h} (API: width {w}, height {h}), or a GPU with more memory."
     others = [s for s in all_models(include_tiny=False) if s.id != spec.id and "t2v" in s.tasks
               and fits(s, s.defaults.width, s.defaults.height, s.defaults.frames)]
     if others:
@@ -711,5 +711,5 @@ def load_mag_ratios(model: str) -> list[float] | None:
 def mag_ratios_missing(model: str) -> InvalidRequest:
     return InvalidRequest(
         f"MagCache needs magnitude ratios measured for {model}, and none are known yet.",
-        hint=f"Run once with --cache mag:calibrate (a full-quality run that measures them and saves them to "
-             f"{magcache_file(model)}), then use --cache mag; or use --cache fbc.")
+        hint=f"Run once with --cache mag:calibrate (API: step_cache \"mag:calibrate\"; a full-quality run that "
+             f"measures them and saves them to {magcache_file(model)}), then use --cache mag; or use --cache fbc.")

@@ -428,15 +428,11 @@ def _scene_does_not_fit(e: DoesNotFit, scene: Scene, n_scenes: int, fps: float) 
 
     where = f"Scene {scene.index + 1} of {n_scenes}" + (f" (line {scene.line})" if scene.line else "")
     hint = e.hint
-    shorter = re.match(r"Try --frames (\d+)", hint or "")
-    smaller = re.match(r"Try --width (\d+) --height (\d+)", hint or "")
+    shorter = re.match(r"Try --frames (\d+)", hint or "")  # a size hint already names the flags and the fields
     if shorter:
         n = int(shorter.group(1))
         hint = (f"Make scene {scene.index + 1} at most {n} frames ([{n}f], {n / fps:.2f} s at {fps:g} fps) or "
                 "split it, or use a GPU with more memory.")
-    elif smaller:
-        w, h = smaller.groups()
-        hint = f"Try --width {w} --height {h} (API: width {w}, height {h}), or a GPU with more memory."
     return DoesNotFit(f"{where} does not fit: {e.message}", hint=hint,
                       **{**e.details, "scene": scene.index + 1, "line": scene.line})
 

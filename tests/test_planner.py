@@ -158,7 +158,8 @@ def test_refusal_suggests_fewer_frames_when_that_would_fit():
     # wan 1.3B at 81 frames 832x480 does not fit in 3 GB even layer by layer; fewer frames do
     e = try_plan("wan2.1-t2v-1.3b", 3, ram=64)
     assert isinstance(e, DoesNotFit) and e.hint.startswith("Try --frames")
-    frames = int(e.hint.split("--frames ")[1].split(",")[0])
+    frames = int(e.hint.split("--frames ")[1].split()[0])
+    assert f"(API: num_frames {frames})" in e.hint  # REST users are told the field
     assert get_model("wan2.1-t2v-1.3b").frame_rule.valid(frames) and frames < 81
     assert not isinstance(try_plan("wan2.1-t2v-1.3b", 3, num_frames=frames), DoesNotFit)
     # and a smaller size when even one latent frame is too much

@@ -59,6 +59,8 @@ def generate(
     last_image: Optional[str] = typer.Option(None, "--last-image", help="Image-to-video: the last frame, where the "
                                                                         "model supports it."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
+                                                           "a name chosen for you is never taken twice)."),
     strategy: str = typer.Option("auto", help="Memory strategy: auto, resident, model_offload, group_offload, "
                                               "group_offload_leaf, sequential_offload."),
     vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Force VAE tiling on/off."),
@@ -121,7 +123,7 @@ def generate(
         if dry_run:
             _dry_run(request, vram, as_json, prompt_info)
             return
-        _generate(request, as_json, prompt_info)
+        _generate(request, as_json, prompt_info, overwrite)
     except LocalVideoError as e:
         _fail(e, as_json)
 
@@ -174,7 +176,7 @@ def _dry_run(request, vram: float | None, as_json: bool, prompt_info=None) -> No
         c.print("  " + line, markup=False)
 
 
-def _generate(request, as_json: bool, prompt_info=None) -> None:
+def _generate(request, as_json: bool, prompt_info=None, overwrite: bool = False) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .generation import generate as run_generation
@@ -191,7 +193,8 @@ def _generate(request, as_json: bool, prompt_info=None) -> None:
             console.print(f"{p.phase}…")
 
     with progress:
-        result = run_generation(request=request, on_progress=on_progress, prompt_info=prompt_info)
+        result = run_generation(request=request, on_progress=on_progress, prompt_info=prompt_info,
+                                overwrite=overwrite)
     if as_json:
         print(json.dumps({"ok": True, **result.to_dict()}, ensure_ascii=False))
         return
@@ -489,6 +492,8 @@ def animate(
                                                                "ease-in-out-cubic or ease-out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subject cut-out (GrabCut) for parallax; recorded."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
+                                                           "a name chosen for you is never taken twice)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Animate a photo with a camera move (no model weights; 2.5D parallax when the subject separates cleanly)."""
@@ -497,7 +502,7 @@ def animate(
 
         result = run_animate(image, move, width=width, height=height, fps=fps, duration_s=duration,
                              num_frames=frames, output=output, parallax=parallax, strength=strength, easing=easing,
-                             seed=seed)
+                             seed=seed, overwrite=overwrite)
     except LocalVideoError as e:
         _fail(e, as_json)
     if as_json:
@@ -541,6 +546,8 @@ def story(
     max_scenes: int = typer.Option(8, "--max-scenes", help="At most this many scenes from a paragraph."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand each scene's prompt for the model."),
     keep_segments: bool = typer.Option(False, "--keep-segments", help="Keep each scene's clip in NAME.segments/."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
+                                                           "a name chosen for you is never taken twice)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the story as the real run would (on this machine) "
                                  "and print its scenes, transitions, frames and plan; generate nothing."),
     vram: Optional[float] = typer.Option(None, "--vram", help="With --dry-run: plan for a hypothetical GPU with this "
@@ -603,15 +610,17 @@ def story(
                       height=height, steps=steps, guidance=guidance, negative_prompt=negative, duration_s=duration,
                       image=image, hardware=hardware)  # every scene planned up front, on this machine
         if dry_run:
-            _story_dry_run(story_source, as_json, output=output, installed_check=vram is None, **fields)
+            _story_dry_run(story_source, as_json, output=output, installed_check=vram is None, overwrite=overwrite,
+                           **fields)
             return
-        _story(story_source, as_json, output=output, expand_prompt=expand, keep_segments=keep_segments, **fields)
+        _story(story_source, as_json, output=output, expand_prompt=expand, keep_segments=keep_segments,
+               overwrite=overwrite, **fields)
     except LocalVideoError as e:
         _fail(e, as_json)
 
 
 def _story_dry_run(source, as_json: bool, *, output: Optional[str], seed: Optional[int], installed_check: bool,
-                   **fields) -> None:
+                   overwrite: bool = False, **fields) -> None:
     """What the real run checks before it generates anything (plan_story on this machine, the model installed, the
     output name), then the story as it will be made: scenes, transitions, frames, times, the heaviest scene's plan.
     With --vram (a hypothetical machine) the model need not be installed here."""
@@ -633,6 +642,10 @@ def _story_dry_run(source, as_json: bool, *, output: Optional[str], seed: Option
         if not is_folder and p.suffix.lower() != ".mp4":
             raise InvalidRequest(f"The output file must end in .mp4, got '{p.name}'.",
                                  hint="Use a name like video.mp4.", path=str(p))
+        if not is_folder:
+            from .media.encode import refuse_existing
+
+            refuse_existing(p, overwrite=overwrite)
     plans, fps = sp.plans, sp.fps
     heaviest = max(range(len(plans)), key=lambda k: (plans[k].estimate.peak_device_bytes, sp.planned[k]))
     rows = []

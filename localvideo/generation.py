@@ -90,6 +90,8 @@ def prepare(request: GenerationRequest, hardware: Hardware | None = None,
 
 
 def output_path_for(plan: Plan, settings: Settings) -> Path:
+    """Where the video goes: the output the user gave, or a name chosen for them (see :func:`chosen_name`); a name
+    chosen for them is made unique when reserved (:func:`localvideo.media.encode.reserve_output`)."""
     if plan.output:
         p = Path(plan.output).expanduser()
         if p.is_dir() or plan.output.endswith(("/", "\\")) or not p.suffix:  # a folder (existing or to be made)
@@ -101,6 +103,14 @@ def output_path_for(plan: Plan, settings: Settings) -> Path:
         p = p.with_name(f"{p.stem.rsplit('~', 1)[0]}~{n}.mp4")
         n += 1
     return p
+
+
+def chosen_name(plan: Plan) -> bool:
+    """Whether the output file name is ours to choose (no output given, or a folder): then it is made unique."""
+    if not plan.output:
+        return True
+    p = Path(plan.output).expanduser()
+    return p.is_dir() or plan.output.endswith(("/", "\\")) or not p.suffix
 
 
 def _default_name(plan: Plan) -> str:
@@ -161,13 +171,16 @@ class Rendered:
 
 def render(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
            on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
-           guard=None, **fields) -> Rendered:
+           guard=None, overwrite: bool = False, **fields) -> Rendered:
     """Everything :func:`generate` does before encoding: prompt, plan, run (with the OOM ladder), decode.
 
     The frames come back as the runner decoded them, so a caller that joins several runs (a story) can encode them
     exactly once. The latents file is left for the caller, still claimed (:func:`localvideo.runtime.latents.discard`
-    or ``release``; discarded already on a cancel, released on a failure)."""
-    from .media.encode import check_output_path
+    or ``release``; discarded already on a cancel, released on a failure), and so is the output name
+    (:func:`localvideo.media.encode.release_output` once the video is written or given up).
+
+    ``request`` with ``prompt`` or ``fields``: those replace the request's own (validated again)."""
+    from .media.encode import check_output_path, release_output, reserve_output
     from .runtime import latents as latents_io
     from .runtime import recovery, runner, store
 
@@ -175,12 +188,17 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
     settings = settings or get_settings()
     if request is None:
         request = GenerationRequest.parse(prompt=prompt if prompt is not None else "", **fields)
+    elif prompt is not None or fields:  # a base request with some fields changed (e.g. a loop over seeds)
+        request = GenerationRequest.parse(**{**request.model_dump(), **({"prompt": prompt} if prompt is not None
+                                                                         else {}), **fields})
     if prompt_info is None:  # expand (engine) or enhance (local LLM) the prompt, unless the caller already did
         request, prompt_info = prepare_prompt(request, get_model(request.model).family, stop=cancel,
                                               hardware=hardware, settings=settings)
     spec, plan = prepare(request, hardware, settings)
-    out_path = check_output_path(output_path_for(plan, settings))  # fail before any heavy work
+    chosen = chosen_name(plan)  # a name chosen for the user is made unique instead of refused
+    out_path = check_output_path(output_path_for(plan, settings), overwrite=overwrite or chosen)  # before heavy work
     model_path = store.locate(spec, settings)
+    out_path = reserve_output(out_path, unique=chosen)  # no other run writes this name until released
 
     def emit(p):
         if on_progress is not None:
@@ -211,9 +229,11 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
                                        guard=guard, latents_path=latents_file, inputs=inputs)
     except Cancelled:
         latents_io.discard(latents_file)
+        release_output(out_path)
         raise
     except BaseException:
         latents_io.release(latents_file)  # kept, as any failed run's (a failed decode promised them to the user)
+        release_output(out_path)
         raise
     timings = {"load_s": round(out.load_s, 3), "denoise_s": round(out.denoise_s, 3),
                "decode_s": round(out.decode_s, 3)}
@@ -225,7 +245,7 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
 
 def generate(prompt: str | None = None, *, request: GenerationRequest | None = None, hardware: Hardware | None = None,
              on_progress=None, cancel=None, cache=None, settings: Settings | None = None, prompt_info=None,
-             guard=None, keep_latents: bool = False, **fields) -> GenerationResult:
+             guard=None, keep_latents: bool = False, overwrite: bool = False, **fields) -> GenerationResult:
     """Generate one video and return where it is and how it was made.
 
     ``fields`` are :class:`GenerationRequest` fields (``model``, ``width``, ``height``, ``num_frames``, ``fps``,
@@ -238,17 +258,23 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
     Out-of-memory errors walk down the ladder in :mod:`localvideo.runtime.recovery`; the rungs taken are in
     ``result.plan.degraded`` and the metadata. Latents are saved before decode and removed after a written MP4
     (kept with ``keep_latents=True``, or when decoding fails so that ``localvideo decode`` can finish the run).
+    An existing ``output`` file is refused unless ``overwrite=True``; a name chosen for you (no ``output``, or a
+    folder) never replaces a file: ``…~1.mp4``, ``…~2.mp4`` are taken instead. With ``request``, ``prompt`` and
+    ``fields`` replace the request's own.
     """
+    from .media.encode import release_output
     from .runtime import latents as latents_io
 
     r = render(prompt, request=request, hardware=hardware, on_progress=on_progress, cancel=cancel, cache=cache,
-               settings=settings, prompt_info=prompt_info, guard=guard, **fields)
+               settings=settings, prompt_info=prompt_info, guard=guard, overwrite=overwrite, **fields)
     try:
         result = record(r.frames, r.plan, r.spec, r.out_path, r.timings, r.t_start, on_progress=on_progress,
                         extra=r.extra)
     except BaseException:
         latents_io.release(r.latents_file)  # no MP4: the latents stay, as after any failed run
         raise
+    finally:
+        release_output(r.out_path)
     result.cache_hit = r.cache_hit
     if keep_latents:
         latents_io.release(r.latents_file)

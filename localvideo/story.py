@@ -230,21 +230,23 @@ def _frames_for(scene: Scene, spec: ModelSpec, fps: float, default_s: float | No
     return snapped
 
 
-def _output_path(output: str | None, model: str, seed: int, settings: Settings) -> Path:
+def _output_path(output: str | None, model: str, seed: int, settings: Settings,
+                 overwrite: bool = False) -> tuple[Path, bool]:
+    """The story's output path (checked: see :func:`localvideo.media.encode.check_output_path`) and whether its name
+    was chosen for the user (then made unique when reserved)."""
     from .media.encode import check_output_path
 
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-story-{model}-seed{seed}.mp4"
+    chosen = True
     if output:
         p = Path(output).expanduser()
         if p.is_dir() or output.endswith(("/", "\\")) or not p.suffix:
             p = p / name
+        else:
+            chosen = False
     else:
         p = settings.outputs / name
-        n = 1
-        while p.exists():
-            p = p.with_name(f"{p.stem.rsplit('~', 1)[0]}~{n}.mp4")
-            n += 1
-    return check_output_path(p)
+    return check_output_path(p, overwrite=overwrite or chosen), chosen  # a chosen name is made unique instead
 
 
 def work_folder(out_path: Path) -> Path:
@@ -443,7 +445,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                guidance: float | None = None, negative_prompt: str | None = None, image: str | None = None,
                duration_s: float | None = None, expand_prompt: bool = True, keep_segments: bool = False,
                hardware: Hardware | None = None, cache=None, settings: Settings | None = None, on_progress=None,
-               cancel=None, keep_failed_scenes: bool = True) -> StoryResult:
+               cancel=None, keep_failed_scenes: bool = True, overwrite: bool = False) -> StoryResult:
     """Generate a story: one segment per scene, joined into one MP4 (see the module docstring).
 
     ``script_or_scenes``: script text (:mod:`localvideo.prompts.scenes` format), a list of
@@ -459,8 +461,8 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     """
     from .generation import build_metadata, record, render
     from .media import concat
+    from .media.encode import release_output, reserve_output, write_sidecar
     from .runtime import latents as latents_io
-    from .media.encode import write_sidecar
 
     t_start = time.perf_counter()
     settings = settings or get_settings()
@@ -470,12 +472,17 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     scenes, script, shot_list, spec, fps = sp.scenes, sp.script, sp.shot_list, sp.spec, sp.fps
     crossfade, transitions, planned, base_seed, use_continuity = (sp.crossfade, sp.transitions, sp.planned, sp.seed,
                                                                   sp.continuity)
-    out_path = _output_path(output, spec.id, base_seed, settings)
-    # what killed stories (and runs) left in this folder and in the latents folder, before adding gigabytes to it
-    leftovers.sweep([out_path.parent, settings.home / "latents"], context="before a story")
-    work = work_folder(out_path)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    out_path, chosen = _output_path(output, spec.id, base_seed, settings, overwrite)
+    out_path = reserve_output(out_path, unique=chosen)  # no other run writes this name until released
+    try:
+        # what killed stories (and runs) left in this folder and in the latents folder, before adding gigabytes
+        leftovers.sweep([out_path.parent, settings.home / "latents"], context="before a story")
+        work = work_folder(out_path)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    except BaseException:
+        release_output(out_path)
+        raise
 
     def emit(p: StoryProgress) -> None:
         if on_progress is not None:
@@ -526,6 +533,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
                     meta = build_metadata(plan, rendered.spec, scene_timings) | rendered.extra
             finally:
                 latents_io.discard(rendered.latents_file)
+                release_output(rendered.out_path)
             if size is None or None in size:
                 size = (plan.width, plan.height)  # every later scene at the first one's size
             segment_meta.append(meta)
@@ -578,8 +586,10 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
             assert (span.start, span.end) == (r.start_frame, r.end_frame), (span, r)
     except Cancelled:
         shutil.rmtree(work, ignore_errors=True)
+        release_output(out_path)
         raise
     except Exception as e:  # a scene or the join failed: the finished scenes are kept (not on Ctrl-C: BaseException)
+        release_output(out_path)
         kept = None
         if keep_failed_scenes and results:
             kept = _keep_finished_scenes(work, out_path, results, segment_meta, fps, len(scenes), e,
@@ -590,6 +600,7 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
         raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        release_output(out_path)
         raise
     timings = {"scenes_s": round(sum(r.timings.get("total_s", 0.0) for r in results), 3),
                "join_s": round(time.perf_counter() - t_join, 3),
@@ -615,6 +626,8 @@ def make_story(script_or_scenes, *, model: str, output: str | None = None, cross
     except LocalVideoError:
         enc.path.unlink(missing_ok=True)
         raise
+    finally:
+        release_output(out_path)
     emit(StoryProgress(len(scenes), len(scenes), "done", total, total, time.perf_counter() - t_start, 0.0))
     return StoryResult(path=enc.path, sidecar=sidecar, metadata=metadata, scenes=results, frames=enc.frames,
                        width=enc.width, height=enc.height, fps=enc.fps, seed=base_seed, model=spec.id,

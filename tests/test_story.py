@@ -477,7 +477,10 @@ def test_a_killed_story_s_work_folder_is_swept_by_the_next_story_but_never_a_liv
         assert p.stdout.readline().strip() == "ready"
         (work,) = tmp_path.glob(".killed.segments.partial-*")
         assert leftovers.parse_tag(work.name.split(".partial-", 1)[1]).pid == p.pid
-        assert [f.name for f in work.iterdir()] == ["scene-001.npy"]
+        tag = work.name.split(".partial-", 1)[1]
+        # scene 1's frames, and the claim on scene 2's name (it is being made)
+        assert sorted(f.name for f in work.iterdir()) == [f".scene-002.mp4.inuse-{tag}", "scene-001.npy"]
+        assert (tmp_path / f".killed.mp4.inuse-{tag}").is_file()  # the story's claim on its output name
         assert work == work_folder(tmp_path / "killed.mp4").with_name(work.name)
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
@@ -500,7 +503,8 @@ def test_a_killed_story_s_work_folder_is_swept_by_the_next_story_but_never_a_liv
     assert not work.exists()
     assert f"removed story work folder {work} ({leftovers.human(size)}): left by process {p.pid}: that process is " \
            "gone" in caplog.text
-    assert "before a story: removed 1 leftover(s)" in caplog.text
+    assert "before a story: removed 2 leftover(s)" in caplog.text  # its work folder and its claim on killed.mp4
+    assert not list(tmp_path.glob(".killed.mp4.inuse-*"))
     assert (foreign / "scene-001.npy").is_file(), "another host's work folder is never touched"
     assert sorted(x.name for x in tmp_path.glob("*.mp4")) == ["after.mp4", "while-alive.mp4"]
 

@@ -10,6 +10,7 @@ remove is swept later (by the next story there, or the job service's start), onc
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -46,11 +47,12 @@ class EncodeResult:
     padded: bool
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Validate an output path before any expensive work; create its folder. Returns the resolved path.
 
     Raises InvalidRequest for a non-.mp4 suffix, OutputError when the path is a folder or its folder cannot be
-    created or written.
+    created or written, when the video exists already and ``overwrite`` is False, or when a ``.json`` of the same
+    name exists that is not a localvideo settings file (the sidecar would replace someone's file).
     """
     p = Path(path).expanduser()
     if p.suffix.lower() != ".mp4":
@@ -66,7 +68,88 @@ def check_output_path(path: str | os.PathLike) -> Path:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"Cannot write to the output folder {folder} ({e.strerror or e}).", hint=_OUTPUT_HINT, path=str(folder)) from e
+    refuse_existing(p, overwrite=overwrite)
     return p
+
+
+def refuse_existing(path: Path, *, overwrite: bool) -> None:
+    """OutputError when writing the video ``path`` would replace a file it should not: the video itself (unless
+    ``overwrite``), or a ``.json`` of the same name that is not a localvideo settings file (never)."""
+    if not overwrite and path.exists():
+        raise OutputError(f"{path} exists already; it was left as it is.",
+                          hint="Pass --overwrite to replace it (Python: overwrite=True), or choose another --output.",
+                          path=str(path))
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists() and not is_sidecar(sidecar):
+        raise OutputError(f"{sidecar} exists and is not a localvideo settings file: writing {path.name} would "
+                          f"replace it with this video's settings.",
+                          hint="Move that file, or choose another --output name.", path=str(sidecar))
+
+
+def is_sidecar(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a settings file localvideo wrote (JSON with ``localvideo_version``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(4_000_000))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "localvideo_version" in data
+
+
+# -- output names: one run per name ---------------------------------------------------------------------------------
+def reserve_output(path: str | os.PathLike, *, unique: bool, attempts: int = 1000) -> Path:
+    """Claim an output name for this run, so that two runs never write one file, and return it.
+
+    The claim is a hidden file ``.<name>.inuse-TAG`` (owner tag: :mod:`localvideo.runtime.leftovers`, so that one a
+    killed run left is swept) created with O_EXCL. ``unique``: the name was chosen for the user (a default name, or
+    a folder given as the output): when it is taken — a file or a sidecar exists, or another run claims it — the next
+    free ``<stem>~N.mp4`` is used. Otherwise (a file name the user gave) another live run's claim is an OutputError.
+    Release with :func:`release_output` once the video is written (or the run ended without one).
+    """
+    from ..runtime import leftovers
+
+    first = Path(path)
+    stem = first.stem.rsplit("~", 1)[0] if unique else first.stem
+    for n in range(0, attempts):
+        cand = first if n == 0 else first.with_name(f"{stem}~{n}{first.suffix}")
+        if unique and (cand.exists() or cand.with_suffix(".json").exists()):
+            continue
+        mine = _claim_of(cand)
+        try:
+            os.close(os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:  # this process already claims it (another thread's run)
+            if unique:
+                continue
+            raise OutputError(f"Another run in this process is writing {cand} now.",
+                              hint="Wait for it, or choose another --output.", path=str(cand)) from None
+        except OSError as e:
+            raise OutputError(f"Cannot write to the output folder {cand.parent} ({e.strerror or e}).",
+                              hint=_OUTPUT_HINT, path=str(cand.parent)) from e
+        prefix = f".{cand.name}.inuse-"
+        rivals = []
+        for other in cand.parent.glob(glob.escape(prefix) + "*"):
+            owner = leftovers.parse_tag(other.name[len(prefix):])
+            if other != mine and (owner is None or leftovers.why_abandoned(owner) is None):
+                rivals.append(other)
+        if rivals or (unique and cand.exists()):
+            mine.unlink(missing_ok=True)
+            if unique:
+                continue
+            raise OutputError(f"Another run is writing {cand} now.", hint="Wait for it, or choose another --output.",
+                              path=str(cand))
+        return cand
+    raise OutputError(f"No free name like {first.name} in {first.parent} after {attempts} tries.",
+                      hint="Choose another --output.", path=str(first))
+
+
+def release_output(path: str | os.PathLike | None) -> None:
+    """End this run's claim on an output name (see :func:`reserve_output`)."""
+    if path is not None:
+        _claim_of(Path(path)).unlink(missing_ok=True)
+
+
+def _claim_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.inuse-{owner_tag()}")
 
 
 def _exact_rate(fps: float) -> Fraction:

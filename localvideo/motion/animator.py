@@ -81,7 +81,8 @@ def animate(image: Any, move: str = "auto", *, width: int | None = None, height:
             fps: float = DEFAULT_FPS, duration_s: float | None = None, num_frames: int | None = None,
             output: str | os.PathLike | None = None, parallax: bool | None = None, strength: float = 1.0,
             easing: str = "ease-in-out", seed: int = 0, crf: int = 18, preset: str = "medium",
-            on_progress: Callable[[int, int], None] | None = None, settings=None) -> AnimateResult:
+            on_progress: Callable[[int, int], None] | None = None, settings=None,
+            overwrite: bool = False) -> AnimateResult:
     """Turn a photo into an MP4 with a camera move. See the module doc for the stages.
 
     ``image``: a path, bytes, file object, PIL image or RGB array. ``move``: one of zoom-in, zoom-out, pan-left,
@@ -90,9 +91,10 @@ def animate(image: Any, move: str = "auto", *, width: int | None = None, height:
     between keeps its size; only one given: the other follows the photo's aspect; odd sizes are rounded to even).
     ``duration_s`` or ``num_frames`` (default 4 s). ``parallax``: None = when the subject mask is confident, True =
     ask for it (falls back with a warning), False = plain camera move.
-    ``on_progress(frame, total)`` is called as frames are written.
+    ``on_progress(frame, total)`` is called as frames are written. An existing ``output`` file is refused unless
+    ``overwrite``; a name chosen for you (no output, or a folder) is made unique (``…~1.mp4``).
     """
-    from localvideo.media.encode import VideoWriter, check_output_path, write_sidecar
+    from localvideo.media.encode import check_output_path, release_output, reserve_output
     from localvideo.settings import get_settings
 
     t0 = time.perf_counter()
@@ -100,7 +102,22 @@ def animate(image: Any, move: str = "auto", *, width: int | None = None, height:
     loaded = read_image(image)
     (w, h), size_notes = _output_size(width, height, loaded.size)
     settings = settings or get_settings()
-    out_path = check_output_path(_output_path(output, loaded.name, move, settings))  # fail before heavy work
+    path, chosen = _output_path(output, loaded.name, move, settings)
+    out_path = check_output_path(path, overwrite=overwrite or chosen)  # fail before heavy work
+    out_path = reserve_output(out_path, unique=chosen)  # no other run writes this name until released
+    try:
+        return _animate_into(out_path, loaded, move, (w, h), n, fps, size_notes, t0, parallax=parallax,
+                             strength=strength, easing=easing, seed=seed, crf=crf, preset=preset,
+                             on_progress=on_progress)
+    finally:
+        release_output(out_path)
+
+
+def _animate_into(out_path: Path, loaded, move: str, size: tuple[int, int], n: int, fps: float, size_notes: list,
+                  t0: float, *, parallax, strength, easing, seed, crf, preset, on_progress) -> AnimateResult:
+    from localvideo.media.encode import VideoWriter, write_sidecar
+
+    w, h = size
     timings = {"load_s": round(time.perf_counter() - t0, 3)}
 
     scene = prepare_scene(loaded, move, (w, h), n, parallax=parallax, strength=strength, easing=easing, seed=seed)
@@ -260,19 +277,15 @@ def _output_size(width, height, image_size) -> tuple[tuple[int, int], list[str]]
     return (w, h), notes
 
 
-def _output_path(output, image_name: str, move: str, settings) -> Path:
+def _output_path(output, image_name: str, move: str, settings) -> tuple[Path, bool]:
+    """The output path, and whether its name was chosen for the user (then made unique when reserved)."""
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(image_name).stem)[:40] or "image"
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-animate-{stem}-{move}.mp4"
     if output:
         p = Path(output).expanduser()
         folder = p.is_dir() or str(output).endswith(("/", "\\")) or not p.suffix  # as generate: a folder to make
-        return p / name if folder else p
-    p = settings.outputs / name
-    n = 1
-    while p.exists():
-        p = p.with_name(f"{Path(name).stem}~{n}.mp4")
-        n += 1
-    return p
+        return (p / name, True) if folder else (p, False)
+    return settings.outputs / name, True
 
 
 def _auto_move(focus: Focus, layered: bool, image_size, out_size) -> str:

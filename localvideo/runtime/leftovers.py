@@ -46,6 +46,7 @@ Which names the sweep knows (all hidden, in one folder; ``TAG`` is an owner tag)
 ``.<name>.latents.safetensors.inuse-TAG``            a run's claim on its saved latents: the claim and the
                                                      latents go (unless another live run claims them too)
 ``.<name>.building-TAG-<hex>/``, ``.<name>.old-TAG-<hex>/``  a tiny model being built / set aside
+``.<name>.mp4.inuse-TAG``                            a run's claim on its output name (only the claim goes)
 ===================================================  =========================================================
 
 It only lists the folders it is given (and with ``children=True`` their direct sub-folders), so it is cheap; sizes are
@@ -89,6 +90,7 @@ _RULES: list[tuple[str, re.Pattern, str]] = [
     ("latents of a killed run", re.compile(rf"^\.(?P<target>.+\.latents\.safetensors)\.inuse-{TAG_PATTERN}$"),
      "file"),
     ("tiny model build", re.compile(rf"^\..+\.(?:building|old)-{TAG_PATTERN}-[0-9a-f]{{8}}$"), "dir"),
+    ("claim on an output name", re.compile(rf"^\..+\.mp4\.inuse-{TAG_PATTERN}$"), "file"),
 ]
 
 

@@ -182,7 +182,7 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
     ``request`` with ``prompt`` or ``fields``: those replace the request's own (validated again)."""
     from .media.encode import check_output_path, release_output, reserve_output
     from .runtime import latents as latents_io
-    from .runtime import recovery, runner, store
+    from .runtime import leftovers, recovery, runner, store
 
     t_start = time.perf_counter()
     settings = settings or get_settings()
@@ -198,6 +198,8 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
     chosen = chosen_name(plan)  # a name chosen for the user is made unique instead of refused
     out_path = check_output_path(output_path_for(plan, settings), overwrite=overwrite or chosen)  # before heavy work
     model_path = store.locate(spec, settings)
+    # what killed runs left where this one writes (temp videos, claims, unreleased latents): cheap, one folder each
+    leftovers.sweep([out_path.parent, settings.home / "latents"], context="before a run")
     out_path = reserve_output(out_path, unique=chosen)  # no other run writes this name until released
 
     def emit(p):

@@ -134,3 +134,30 @@ def test_the_public_api_imports_lazily_and_every_name_resolves():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == repr(sorted(["GenerationRequest", "GenerationResult", "animate", "decode_saved",
                                             "errors", "generate", "make_story"]))
+
+
+def test_what_a_killed_run_left_is_swept_by_the_next_run_in_that_folder(tmp_path, cache, lv_home):
+    """A CLI user who never runs `serve`: the latents and temp video of a run killed while decoding go at the next
+    run (they were nobody's: no error promised them), and a kept video is never touched."""
+    killed = subprocess.Popen([sys.executable, "-c", """
+import sys
+from pathlib import Path
+from localvideo.media.encode import reserve_output
+from localvideo.runtime import latents
+from localvideo.runtime.leftovers import owner_tag
+out, home = Path(sys.argv[1]), Path(sys.argv[2])
+reserve_output(out / "v.mp4", unique=False)
+lat = latents.reserve(out / "v.mp4", home / "latents")
+lat.write_bytes(b"\\0" * 4096)  # as if saved before the decode it was killed in
+(out / f".v.mp4.{owner_tag()}.partial.mp4").write_bytes(b"\\0" * 100)
+print(lat.name, flush=True)
+import time; time.sleep(600)
+""", str(tmp_path), str(lv_home)], stdout=subprocess.PIPE, text=True)
+    name = killed.stdout.readline().strip()
+    killed.kill()
+    killed.wait()
+    (tmp_path / "kept.mp4").write_bytes(b"a video")
+    assert (lv_home / "latents" / name).is_file() and len(list(tmp_path.glob(".v.mp4.*"))) == 2
+    localvideo.generate("a fox", output=str(tmp_path / "next.mp4"), cache=cache, **SMALL)
+    assert not (lv_home / "latents" / name).exists() and not list(tmp_path.glob(".*"))
+    assert (tmp_path / "kept.mp4").read_bytes() == b"a video"

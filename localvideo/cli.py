@@ -441,8 +441,10 @@ def serve(
     if token:
         c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)
     # keep-alive above httpx's 5 s pool expiry, so a client never reuses a connection the server is closing
-    uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5, timeout_keep_alive=30,
-                limit_concurrency=1000, server_header=False)
+    from .api.app import serve as run_api  # uvicorn.run that ends open event streams at once on Ctrl-C / SIGTERM
+
+    run_api(api, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5, timeout_keep_alive=30,
+            limit_concurrency=1000, server_header=False)
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

@@ -271,7 +271,10 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
                settings=settings, prompt_info=prompt_info, guard=guard, overwrite=overwrite, **fields)
     try:
         result = record(r.frames, r.plan, r.spec, r.out_path, r.timings, r.t_start, on_progress=on_progress,
-                        extra=r.extra)
+                        extra=r.extra, cancel=cancel)
+    except Cancelled:
+        latents_io.discard(r.latents_file)  # a cancel keeps nothing, as one while denoising or decoding
+        raise
     except BaseException:
         latents_io.release(r.latents_file)  # no MP4: the latents stay, as after any failed run
         raise
@@ -287,11 +290,17 @@ def generate(prompt: str | None = None, *, request: GenerationRequest | None = N
 
 
 def record(frames, plan: Plan, spec: ModelSpec, out_path: Path, timings: dict, t_start: float, *,
-           on_progress=None, extra: dict | None = None) -> GenerationResult:
-    """Encode frames to the MP4 (atomically) and write its metadata: tags and the JSON sidecar."""
+           on_progress=None, extra: dict | None = None, cancel=None) -> GenerationResult:
+    """Encode frames to the MP4 (atomically) and write its metadata: tags and the JSON sidecar.
+
+    ``cancel`` (an Event or a callable) is checked before each frame is encoded: once set, :class:`Cancelled` is
+    raised and the writer removes its temp file, so no video and no sidecar are left. A cancel after the last frame
+    is too late: the video is written."""
     from .media.encode import VideoWriter, write_sidecar
     from .runtime import runner
 
+    if runner._is_cancelled(cancel):
+        raise Cancelled("Generation cancelled before encoding; no video was written.")
     if on_progress is not None:
         on_progress(runner.Progress("encoding", plan.steps, plan.steps, time.perf_counter() - t_start))
     metadata = build_metadata(plan, spec, timings)
@@ -305,7 +314,10 @@ def record(frames, plan: Plan, spec: ModelSpec, out_path: Path, timings: dict, t
     }
     try:
         with VideoWriter(out_path, fps=plan.fps, metadata=tags) as writer:
-            writer.write(frames)
+            for frame in frames:
+                if runner._is_cancelled(cancel):
+                    raise Cancelled("Generation cancelled while encoding; no video was written.")
+                writer.write(frame)
     except OSError as e:
         raise OutputError(f"Could not write {out_path}: {e}", hint="Choose another --output folder.") from e
     enc = writer.result

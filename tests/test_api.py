@@ -165,9 +165,11 @@ def test_state_conflicts_and_delete_with_files(api, server):
     wait_state(api, job["id"], lambda j: j["state"] == "succeeded")
     folder = server.home / "outputs" / job["id"]
     assert (folder / "video.mp4").is_file() and (folder / "thumbnail.jpg").is_file()
-    for action in ("cancel", "retry"):
+    for action, then in (("cancel", "there is nothing to cancel"), ("retry", "only failed, cancelled or interrupted "
+                                                                             "jobs can be retried")):
         r = api.post(f"/v1/jobs/{job['id']}/{action}")
-        assert r.status_code == 409 and r.json()["error"] == "conflict" and "succeeded" in r.json()["message"]
+        assert r.status_code == 409 and r.json()["error"] == "conflict"
+        assert r.json()["message"] == f"Job {job['id']} has succeeded; {then}."
     assert (folder / "video.mp4").is_file(), "a refused retry leaves the finished video alone"
     slow = api.post("/v1/jobs", json={"prompt": "busy", **SLOW}).json()
     wait_state(api, slow["id"], lambda j: j["state"] == "running")
@@ -180,3 +182,58 @@ def test_state_conflicts_and_delete_with_files(api, server):
     assert api.get(f"/v1/jobs/{job['id']}/video").status_code == 404
     wait_state(api, slow["id"], lambda j: j["state"] == "cancelled", timeout=60)
     assert api.delete(f"/v1/jobs/{slow['id']}").status_code == 204
+
+
+def test_deleting_a_queued_job_ends_its_event_streams_with_a_deleted_event(api, server):
+    """Before, the stream hung until the next keepalive (15 s), then ended with no final event."""
+    import json
+    import threading
+    import time
+
+    from localvideo.client import ApiError, Client
+
+    blocker = api.post("/v1/jobs", json={"prompt": "blocker", **{**SLOW, "steps": 400}}).json()
+    queued = api.post("/v1/jobs", json={"prompt": "deleted while waiting", **FAST}).json()
+    wait_state(api, blocker["id"], lambda j: j["state"] == "running")
+    got: dict = {"events": [], "sdk": []}
+    raw_open, sdk_open = threading.Event(), threading.Event()
+
+    def raw() -> None:
+        event, eid = "message", -1
+        with api.stream("GET", f"/v1/jobs/{queued['id']}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("id: "):
+                    eid = int(line[4:])
+                elif line.startswith("data: "):
+                    got["events"].append((event, eid, json.loads(line[6:])))
+                    raw_open.set()
+        got["raw_ended"] = time.monotonic()
+
+    def sdk() -> None:
+        with Client(server.url) as lv:
+            try:
+                lv.wait(queued["id"], on_progress=lambda j: (got["sdk"].append(j.state), sdk_open.set()))
+            except ApiError as e:
+                got["sdk_error"] = e
+        got["sdk_ended"] = time.monotonic()
+
+    threads = [threading.Thread(target=raw, daemon=True), threading.Thread(target=sdk, daemon=True)]
+    for t in threads:
+        t.start()
+    assert raw_open.wait(30) and sdk_open.wait(30), "both streams sent the queued job first"
+    t0 = time.monotonic()
+    assert api.delete(f"/v1/jobs/{queued['id']}").status_code == 204
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive(), "a stream on a deleted job still hangs"
+    assert got["raw_ended"] - t0 < 5 and got["sdk_ended"] - t0 < 5, "ended at once, not at the next keepalive"
+    assert [e[0] for e in got["events"]] == ["state", "deleted"]
+    (_, first_id, first), (_, last_id, last) = got["events"]
+    assert last_id == first_id + 1 and last["id"] == queued["id"] and last["state"] == "queued"
+    assert got["sdk"] == ["queued", "queued"]
+    err = got["sdk_error"]
+    assert (err.status, err.code) == (404, "not_found"), "the SDK's wait then says the job is gone"
+    api.post(f"/v1/jobs/{blocker['id']}/cancel")
+    wait_state(api, blocker["id"], lambda j: j["state"] == "cancelled", timeout=60)

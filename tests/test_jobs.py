@@ -212,6 +212,8 @@ def test_cancel_queued_and_running_jobs_then_retry(service):
     assert service.cancel(slow.id).cancel_requested
     final = wait_for(service, slow.id, lambda j: j.terminal, timeout=60)
     assert final.state == "cancelled" and final.progress.step < 40
+    assert final.progress.eta_s is None and final.progress.message == "Where the job was when it was cancelled; it " \
+                                                                      "is not running."
     assert not (service.settings.outputs / slow.id).exists()
     with pytest.raises(JobNotFound):
         service.video_path(slow.id)
@@ -261,6 +263,8 @@ def test_stopping_the_service_interrupts_the_running_job(settings):
     after = svc.store.get(job.id)
     svc.store.close()
     assert after.state == "interrupted" and not (settings.outputs / job.id).exists()
+    assert after.progress.phase == "denoising" and after.progress.eta_s is None, "where it stopped, not live"
+    assert after.progress.message == "Where the job was when the server stopped; it is not running."
 
 
 class _WaitingExecutor:
@@ -326,3 +330,104 @@ def test_event_hub_keeps_the_newest_for_slow_readers():
         sub.get(0.01)
     hub.close()
     assert sub.get(0.1) is None
+
+
+class _StuckExecutor:
+    """A worker inside one long uninterruptible stretch (a big model's denoising step): it ignores the cancel until
+    the test releases it, then comes back with a video it made."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        self.started, self.release, self.done = threading.Event(), threading.Event(), threading.Event()
+
+    def start(self, service):
+        from localvideo.jobs.executors import Slot
+
+        return [Slot("stuck-0", "cpu")]
+
+    def run(self, job, folder, slot, on_progress, cancel):
+        from localvideo.jobs.executors import Outcome
+        from localvideo.jobs.models import JobResult
+
+        on_progress(JobProgress(phase="denoising", step=3, total=50, elapsed_s=1.0, eta_s=15.0))
+        self.started.set()
+        self.release.wait(60)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "video.mp4").write_bytes(b"made after the shutdown began")
+        self.done.set()
+        return Outcome("succeeded", result=JobResult(bytes=29, frames=9, width=128, height=128, fps=16.0,
+                                                     duration_s=0.5, seed=1, model="tiny-wan", random_weights=True,
+                                                     strategy="resident", has_thumbnail=False, timings={}))
+
+    def stop(self):
+        pass
+
+    def info(self):
+        return {"executor": self.name}
+
+
+def test_a_shutdown_interrupts_a_job_stuck_in_a_long_step_after_the_grace_and_discards_its_work(settings):
+    from localvideo.jobs.models import STOPPED_MESSAGES
+
+    ex = _StuckExecutor()
+    svc = JobService(settings, hardware=CPU, executor=ex).start()
+    try:
+        job = svc.submit(prompt="a kite", **FAST)
+        queued = svc.submit(prompt="next", **FAST)
+        assert ex.started.wait(30)
+        wait_for(svc, job.id, lambda j: j.progress is not None and j.progress.phase == "denoising", timeout=30)
+        sub, other = svc.subscribe(job.id), svc.subscribe(queued.id)
+        t0 = time.monotonic()
+        svc.begin_shutdown(grace_s=0.5)
+        seen = []
+        while (ev := sub.get(timeout=10)) is not None:  # None: the hub closed, after the job's final event
+            seen.append(ev)
+        waited = time.monotonic() - t0
+        assert other.get(timeout=1) is None, "every stream is ended"
+        assert 0.4 < waited < 5, waited
+        final = seen[-1]
+        assert final.state == "interrupted" and final.error.error == "interrupted"
+        assert (final.progress.phase, final.progress.step) == ("denoising", 3), "where it stopped"
+        assert final.progress.eta_s is None and final.progress.message == STOPPED_MESSAGES["interrupted"]
+        ex.release.set()
+        assert ex.done.wait(30)
+        svc.stop(timeout=30)  # joins the worker, which found its job interrupted: it keeps nothing
+    finally:
+        ex.release.set()
+        svc.close()
+    store = SQLiteJobStore(settings.jobs_db)
+    try:
+        assert store.get(job.id).state == "interrupted" and store.get(queued.id).state == "queued"
+    finally:
+        store.close()
+    assert not (settings.outputs / job.id).exists(), "the video made after the shutdown began was discarded"
+
+
+def test_delete_tells_subscribers_and_conflicts_read_right(service):
+    from localvideo.jobs.events import Deleted
+
+    slow = service.submit(prompt="slow", **SLOW)
+    queued = service.submit(prompt="waiting", **FAST)
+    wait_for(service, slow.id, lambda j: j.state == "running")
+    with service.subscribe(queued.id) as sub:
+        service.delete(queued.id)
+        notice = sub.get(timeout=5)
+    assert isinstance(notice, Deleted) and notice.id == queued.id and notice.job.state == "queued"
+    assert notice.version == queued.version + 1 and notice.terminal
+    with pytest.raises(JobConflict, match=r"is running; cancel it before deleting it"):
+        service.delete(slow.id)
+    with pytest.raises(JobConflict, match=r"is running; only failed, cancelled or interrupted jobs can be retried"):
+        service.retry(slow.id)
+    with pytest.raises(JobConflict, match=r"has no video yet: it is running\."):
+        service.video_path(slow.id)
+    service.cancel(slow.id)
+    done = wait_for(service, slow.id, lambda j: j.terminal, timeout=60)
+    assert done.state == "cancelled"
+    with pytest.raises(JobNotFound, match=r"has no video: it was cancelled\."):
+        service.video_path(slow.id)
+    from localvideo.jobs.models import STATES, state_phrase
+
+    assert [f"Job x {state_phrase(s)}." for s in STATES] == [
+        "Job x is queued.", "Job x is running.", "Job x has succeeded.", "Job x has failed.", "Job x was cancelled.",
+        "Job x was interrupted."]

@@ -38,6 +38,9 @@ def test_sigkill_mid_job_then_restart(tmp_path):
         with httpx.Client(base_url=server.url, timeout=30) as api:
             back = api.get(f"/v1/jobs/{job['id']}").json()
             assert back["state"] == "interrupted" and back["error"]["error"] == "interrupted"
+            p = back["progress"]  # where it stopped, frozen: it must not look live
+            assert p["phase"] == "denoising" and p["step"] >= 2 and p["eta_s"] is None
+            assert p["message"] == "Where the job was when the server stopped; it is not running."
             assert back["links"]["video"] is None
             assert api.get(f"/v1/jobs/{job['id']}/video").status_code == 404
             assert not list((home / "outputs").glob(f"{job['id']}/*.mp4")), "no partial MP4 left behind"

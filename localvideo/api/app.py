@@ -3,6 +3,9 @@
 Every error answers with the same JSON body (:class:`~localvideo.api.schemas.ErrorBody`): ``error`` (a code),
 ``message`` (one sentence) and ``hint``. Typed errors map to status codes in :func:`status_for`; anything unexpected
 is logged once, here, and answers 500 without internals.
+
+:func:`serve` runs the app with uvicorn so that Ctrl-C or SIGTERM ends open event streams at once, each running job's
+with its final ``interrupted`` state, instead of uvicorn waiting for them and then cancelling them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .. import __version__
 from ..errors import (Cancelled, DoesNotFit, GenerationFailed, InvalidRequest, LocalVideoError, ModelNotInstalled,
                       OutputError)
 from ..jobs.models import JobConflict, JobNotFound, ServiceUnavailable
-from ..jobs.service import JobService
+from ..jobs.service import SHUTDOWN_GRACE_S, JobService
 from ..media.upload import UnsupportedMediaType, UploadTooLarge
 from ..settings import Settings, get_settings
 from .auth import GuardMiddleware, Unauthorized, check_bind, is_loopback
@@ -128,6 +131,36 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
                                    ("POST", ANIMATE): "multipart/form-data",
                                    ("POST", STORY_IMAGE): "multipart/form-data"})
     return app
+
+
+def serve(app: FastAPI, **uvicorn_options) -> None:
+    """``uvicorn.run(app, **uvicorn_options)``, telling the app's job service the moment uvicorn begins to shut down
+    (Ctrl-C, SIGTERM). Starlette has no hook before uvicorn waits (up to ``timeout_graceful_shutdown`` seconds) for
+    open connections, and the lifespan shutdown, which stops the service, comes only after that wait: an open event
+    stream would hang until uvicorn cancels it (an ERROR in the log) and would never carry the job's final state.
+    Here :meth:`~localvideo.jobs.service.JobService.begin_shutdown` runs first: running jobs are cancelled and become
+    ``interrupted`` (within a grace shorter than uvicorn's timeout), their streams send that state and end, every
+    other stream ends, and uvicorn's wait finds nothing left open."""
+    import sys
+
+    import uvicorn
+
+    svc: JobService = app.state.service
+    graceful = uvicorn_options.get("timeout_graceful_shutdown")
+    grace = SHUTDOWN_GRACE_S if graceful is None else max(0.5, min(SHUTDOWN_GRACE_S, graceful - 1.5))
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            svc.begin_shutdown(grace)  # returns at once; the streams end while uvicorn waits for them
+            await super().shutdown(sockets)
+
+    server = Server(uvicorn.Config(app, **uvicorn_options))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # as uvicorn.run
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run
 
 
 def _allowed_methods(request: Request) -> list[str]:

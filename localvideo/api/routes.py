@@ -185,7 +185,8 @@ async def get_job(job_id: str, svc: Svc) -> JobOut:
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"],
              responses={**COMMON, 409: E})
 def cancel_job(job_id: str, svc: Svc) -> JobOut:
-    """A queued job is cancelled at once; a running one stops before decoding (watch its events)."""
+    """A queued job is cancelled at once; a running one stops at its next check — each denoising step, each VAE
+    decoder block, each encoded frame — and ends `cancelled` with no file (watch its events)."""
     return JobOut.of(svc.cancel(job_id))
 
 
@@ -207,6 +208,10 @@ def delete_job(job_id: str, svc: Svc) -> Response:
     **COMMON, 200: {"description": "Server-Sent Events, each `data` a job", "content": {"text/event-stream": {}}}})
 async def job_event_stream(job_id: str, request: Request) -> StreamingResponse:
     svc: JobService = request.app.state.service
+    """The job now, then each change, until it ends (Server-Sent Events; see `localvideo.api.sse`): event `state` or
+    `progress` with the whole job as `data` and its `version` as `id`; a deleted job's stream ends with event
+    `deleted` (the job as it was last stored, `id` one more); when the server shuts down, a running job's stream
+    ends with its `interrupted` state and any other stream just ends."""
     await run_in_threadpool(svc.get, job_id)  # 404 before the stream starts
     return StreamingResponse(job_events(svc, job_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -2,7 +2,8 @@
 
 Each subscriber has its own bounded queue. A slow subscriber loses the *oldest* queued changes, never the newest,
 and every event is the whole job (with a ``version``), so the latest event always tells the full truth.
-``None`` in a queue means "the service is shutting down".
+A deleted job's subscribers get a :class:`Deleted` notice last. ``None`` in a queue means "the service is shutting
+down".
 """
 
 from __future__ import annotations
@@ -11,10 +12,28 @@ import asyncio
 import queue
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 
 from .models import Job
 
 _SENTINEL = None
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """The last event of a deleted job: ``job`` as it was last stored. ``version`` is one more than its version (the
+    deletion is one more change; SSE ids keep increasing)."""
+
+    job: Job
+    terminal = True  # nothing follows
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def version(self) -> int:
+        return self.job.version + 1
 
 
 class Subscription:
@@ -24,7 +43,7 @@ class Subscription:
         self._q: asyncio.Queue | queue.Queue = asyncio.Queue(maxsize) if loop is not None else queue.Queue(maxsize)
 
     # called from any thread
-    def _deliver(self, job: Job | None) -> None:
+    def _deliver(self, job: "Job | Deleted | None") -> None:
         if self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._put, job)
@@ -33,7 +52,7 @@ class Subscription:
         else:
             self._put(job)
 
-    def _put(self, job: Job | None) -> None:
+    def _put(self, job: "Job | Deleted | None") -> None:
         while True:
             try:
                 self._q.put_nowait(job)
@@ -44,11 +63,11 @@ class Subscription:
                 except (asyncio.QueueEmpty, queue.Empty):
                     pass
 
-    def get(self, timeout: float) -> Job | None:
+    def get(self, timeout: float) -> "Job | Deleted | None":
         """Next event (sync subscribers). Raises ``queue.Empty`` after ``timeout`` seconds."""
         return self._q.get(timeout=timeout)  # type: ignore[call-arg]
 
-    async def aget(self, timeout: float) -> Job | None:
+    async def aget(self, timeout: float) -> "Job | Deleted | None":
         """Next event (async subscribers). Raises ``TimeoutError`` after ``timeout`` seconds."""
         return await asyncio.wait_for(self._q.get(), timeout)  # type: ignore[misc]
 
@@ -86,7 +105,11 @@ class EventHub:
                 if not subs:
                     del self._subs[sub.job_id]
 
-    def publish(self, job: Job) -> None:
+    def publish_deleted(self, job: Job) -> None:
+        """Tell the job's subscribers that it was deleted (``job``: as it was last stored)."""
+        self.publish(Deleted(job))
+
+    def publish(self, job: "Job | Deleted") -> None:
         with self._lock:
             targets = [*self._subs.get(job.id, ()), *self._subs.get(None, ())]
         for sub in targets:

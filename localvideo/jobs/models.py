@@ -9,6 +9,9 @@ States and the only transitions allowed between them::
       └──► cancelled                    └──► queued   (retry)
 
 The store enforces these with conditional updates, so two threads can never move one job two ways.
+
+A job that ends cancelled, failed or interrupted keeps its last progress (where it stopped), frozen: ``eta_s`` is
+null and ``message`` says it is not live (:data:`STOPPED_MESSAGES`). A succeeded job's progress is phase ``done``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),
     "interrupted": frozenset({"queued"}),
 }
+
+# Each state as the end of a sentence about a job ("Job X has succeeded; …"): messages read right for every state.
+_STATE_PHRASES = {"queued": "is queued", "running": "is running", "succeeded": "has succeeded", "failed": "has failed",
+                  "cancelled": "was cancelled", "interrupted": "was interrupted"}
+# The message a stopped job's frozen progress carries (see the module docstring).
+STOPPED_MESSAGES = {
+    "cancelled": "Where the job was when it was cancelled; it is not running.",
+    "failed": "Where the job was when it failed; it is not running.",
+    "interrupted": "Where the job was when the server stopped; it is not running.",
+}
+
+
+def state_phrase(state: str) -> str:
+    """``has succeeded``, ``is running``, ``was cancelled``, …"""
+    return _STATE_PHRASES.get(state, f"is {state}")
+
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 VIDEO_NAME = "video.mp4"

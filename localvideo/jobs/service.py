@@ -31,13 +31,19 @@ from ..request import GenerationRequest
 from ..settings import Settings, get_settings
 from .events import EventHub, Subscription
 from .models import (RETRYABLE, STATES, THUMBNAIL_NAME, VIDEO_NAME, AnimationRequest, Job, JobConflict, JobError,
-                     JobNotFound, JobPage, JobProgress, JobResult, ServiceUnavailable, utcnow, valid_job_id)
+                     JobNotFound, JobPage, JobProgress, JobResult, ServiceUnavailable, state_phrase, utcnow,
+                     valid_job_id)
 from .store import JobStore, SQLiteJobStore
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 200
 HARDWARE_TTL_S = 5.0
+# How long a server that begins to shut down lets running jobs reach their next cancel check before it marks them
+# interrupted anyway (below uvicorn's graceful-shutdown timeout, so open event streams end before it cancels them).
+SHUTDOWN_GRACE_S = 3.0
+INTERRUPTED = JobError(error="interrupted", message="The server stopped while this job was running; no video was "
+                                                    "written.", hint="Retry it.")
 
 
 class _ProcessLock:
@@ -90,6 +96,8 @@ class JobService:
         self._running: dict[str, threading.Event] = {}
         self._workers: list = []
         self._stopping = threading.Event()
+        self._idle = threading.Condition(self._lock)  # notified when a running job has finished
+        self._stop_lock = threading.Lock()  # one stop() at a time: a second caller waits, then finds it stopped
         self._started = False
         self._plock = _ProcessLock(Path(str(self.settings.jobs_db) + ".lock"))
         self.recovered: list[Job] = []
@@ -104,9 +112,7 @@ class JobService:
         if self._started:
             return self
         self._plock.acquire()
-        err = JobError(error="interrupted", message="The server stopped while this job was running; no video was "
-                                                    "written.", hint="Retry it.")
-        self.recovered = self.store.interrupt_running(err)
+        self.recovered = self.store.interrupt_running(INTERRUPTED)
         for job in self.recovered:
             self._clean_dir(job.id)
             log.warning("job %s was running when the previous server stopped; it is now interrupted", job.id)
@@ -155,10 +161,21 @@ class JobService:
                 w.start()
         log.info("job service: %d worker(s) on %s", len(slots), [w.device for w in self._workers])
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; a running job is cancelled and marked ``interrupted`` (retry it after restart)."""
-        if not self._started:
+    def begin_shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """The server begins to shut down (uvicorn got Ctrl-C or SIGTERM; see :func:`localvideo.api.app.serve`):
+        stop taking jobs and cancel the running ones now, without waiting. Each running job becomes ``interrupted``
+        (published, so its open event streams end with that state) when its worker stops at the next cancel check,
+        or after ``grace_s`` seconds, whichever is first: a worker still inside one long step then finds its job
+        interrupted, and whatever it makes is discarded. Then every event stream is ended (a queued job stays queued
+        and runs after the restart). Returns at once; :meth:`stop` (lifespan shutdown) waits for the workers."""
+        if not self._started or self._stopping.is_set():
             return
+        self._stop_requested()
+        threading.Thread(target=self._interrupt_after, args=(grace_s,), name="localvideo-shutdown",
+                         daemon=True).start()
+
+    def _stop_requested(self) -> list:
+        """Stop taking jobs and cancel the running ones; returns the workers."""
         self._stopping.set()
         with self._lock:
             for ev in self._running.values():
@@ -166,16 +183,36 @@ class JobService:
             workers = list(self._workers)
         with self._wake:
             self._wake.notify_all()
-        deadline = time.monotonic() + timeout
-        for w in workers:
-            w.join(max(0.0, deadline - time.monotonic()))
-        try:
-            self.executor.stop()
-        except Exception:  # noqa: BLE001 - stopping must finish
-            log.exception("stopping the %s executor failed", self.executor.name)
+        return workers
+
+    def _interrupt_after(self, grace_s: float) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, timeout=grace_s)
+            for job_id in list(self._running):  # still inside one long step: interrupted now, its work discarded
+                job = self.store.transition(job_id, ["running"], "interrupted", finished_at=utcnow(),
+                                            error=INTERRUPTED)
+                if job is not None:
+                    log.warning("job %s did not stop within %g s of the shutdown; it is now interrupted", job_id,
+                                grace_s)
+                    self._publish(job)
         self.events.close()
-        self._plock.release()
-        self._started = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job is cancelled and marked ``interrupted`` (retry it after restart)."""
+        with self._stop_lock:
+            if not self._started:
+                return
+            workers = self._stop_requested()
+            deadline = time.monotonic() + timeout
+            for w in workers:
+                w.join(max(0.0, deadline - time.monotonic()))
+            try:
+                self.executor.stop()
+            except Exception:  # noqa: BLE001 - stopping must finish
+                log.exception("stopping the %s executor failed", self.executor.name)
+            self.events.close()
+            self._plock.release()
+            self._started = False
 
     def close(self) -> None:
         self.stop()
@@ -338,8 +375,9 @@ class JobService:
         return JobPage(jobs=jobs, total=total, limit=limit, offset=offset, next_offset=nxt if nxt < total else None)
 
     def cancel(self, job_id: str) -> Job:
-        """Queued → cancelled now. Running → the worker stops at the next step, before decoding; the job becomes
-        ``cancelled`` and no file is written. Cancelling a cancelled job is a no-op."""
+        """Queued → cancelled now. Running → the run stops at its next cancel check (each denoising step, each VAE
+        decoder block, each encoded frame); the job becomes ``cancelled`` and no file is written. Cancelling a
+        cancelled job is a no-op."""
         job = self.get(job_id)
         with self._lock:
             if job.state == "queued":
@@ -360,7 +398,7 @@ class JobService:
                 job = self.get(job_id)
         if job.state == "cancelled":
             return job
-        raise JobConflict(f"Job {job_id} already {job.state}; there is nothing to cancel.",
+        raise JobConflict(f"Job {job_id} {state_phrase(job.state)}; there is nothing to cancel.",
                           hint="Delete it instead if you want it gone.", state=job.state)
 
     def retry(self, job_id: str) -> Job:
@@ -385,20 +423,25 @@ class JobService:
                 self._publish(again)
         if again is None:
             job = self.get(job_id)
-            raise JobConflict(f"Job {job_id} is {job.state}; only failed, cancelled or interrupted jobs can be "
-                              "retried.", state=job.state)
+            raise JobConflict(f"Job {job_id} {state_phrase(job.state)}; only failed, cancelled or interrupted jobs "
+                              "can be retried.", state=job.state)
         with self._wake:
             self._wake.notify_all()
         return again
 
     def delete(self, job_id: str) -> None:
-        """Forget a job and delete its files. A running job must be cancelled first."""
+        """Forget a job and delete its files. A running job must be cancelled first. Subscribers get a
+        :class:`~localvideo.jobs.events.Deleted` notice (the job as it was last stored), so that an open event
+        stream on a queued job ends at once (SSE event ``deleted``)."""
         job = self.get(job_id)
         with self._lock:
+            last = self.store.get(job_id)
             gone = self.store.delete(job_id, [s for s in STATES if s != "running"])
             if gone:
                 shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
                 shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
+                if last is not None:
+                    self.events.publish_deleted(last)
                 return
         job = self.store.get(job_id)
         if job is None:
@@ -496,6 +539,8 @@ class JobService:
                 job = self.store.claim_next()
                 if job is not None:
                     ev = threading.Event()
+                    if self.stopping:  # claimed as the shutdown began: it stops at its first cancel check
+                        ev.set()
                     self._running[job.id] = ev
             if job is not None:
                 self._publish(job)
@@ -514,6 +559,9 @@ class JobService:
 
     def _finish(self, job_id: str, *, result: JobResult | None = None, error: JobError | None = None,
                 cancelled: bool = False) -> Job | None:
+        """The job's final state, stored and published (under the lock, so that a shutdown waiting for running jobs
+        to end sees their final events go out first). None when the job is no longer running: the shutdown marked
+        it interrupted meanwhile (the caller then discards what it made)."""
         with self._lock:
             self._running.pop(job_id, None)
             now = utcnow()
@@ -522,16 +570,16 @@ class JobService:
             elif cancelled:
                 current = self.store.get(job_id)
                 if current is not None and not current.cancel_requested and self.stopping:
-                    job = self.store.transition(job_id, ["running"], "interrupted", finished_at=now, error=JobError(
-                        error="interrupted", message="The server stopped while this job was running; no video "
-                                                     "was written.", hint="Retry it."))
+                    job = self.store.transition(job_id, ["running"], "interrupted", finished_at=now,
+                                                error=INTERRUPTED)
                 else:
                     job = self.store.transition(job_id, ["running"], "cancelled", finished_at=now, error=JobError(
                         error="cancelled", message="Cancelled while running; no video was written."))
             else:
                 job = self.store.transition(job_id, ["running"], "failed", finished_at=now, error=error)
-        if job is not None:
-            self._publish(job)
+            if job is not None:
+                self._publish(job)
+            self._idle.notify_all()
         return job
 
     def _clean_dir(self, job_id: str) -> None:
@@ -545,9 +593,9 @@ def _no_file(job: Job, what: str) -> JobNotFound | JobConflict:
     """A finished job without the file: 404. A queued or running job: 409 (it exists, the file is not made yet; a
     404 for a job just created would say it is gone)."""
     if not job.terminal:
-        return JobConflict(f"Job {job.id} has no {what} yet: it is {job.state}.",
+        return JobConflict(f"Job {job.id} has no {what} yet: it {state_phrase(job.state)}.",
                            hint="Wait until it has succeeded (GET /v1/jobs/{id}/events).", state=job.state)
     err = JobNotFound(job.id)
-    err.message = f"Job {job.id} has no {what}: it is {job.state}."
+    err.message = f"Job {job.id} has no {what}: it {state_phrase(job.state)}."
     err.hint = None
     return err

@@ -3,6 +3,8 @@
 :class:`JobStore` is the small surface the service needs; :class:`SQLiteJobStore` implements it. Every state change
 is one conditional ``UPDATE … WHERE state IN (…) RETURNING *``: it either happens whole or not at all, and two
 threads can never move one job two ways. A PostgreSQL store would implement the same Protocol with the same SQL.
+A move to cancelled, failed or interrupted freezes the job's last progress in the same statement (``eta_s`` null,
+``message`` from :data:`~localvideo.jobs.models.STOPPED_MESSAGES`), so a stopped job never looks live.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from .models import STATES, TRANSITIONS, Job, JobError, JobProgress, JobResult
+from .models import STATES, STOPPED_MESSAGES, TRANSITIONS, Job, JobError, JobProgress, JobResult
 
 SCHEMA_VERSION = 1
 
@@ -41,6 +43,8 @@ CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 """
 
 _UNSET: Any = object()
+# The last progress, frozen (one parameter: the message); NULL progress stays NULL.
+_FREEZE = "progress = json_set(progress, '$.eta_s', NULL, '$.message', ?)"
 
 
 class JobStore(Protocol):
@@ -153,7 +157,8 @@ class SQLiteJobStore:
     def transition(self, job_id: str, from_states: Iterable[str], to_state: str, *, progress: Any = _UNSET,
                    result: Any = _UNSET, error: Any = _UNSET, started_at: Any = _UNSET, finished_at: Any = _UNSET,
                    cancel_requested: Any = _UNSET, request: Any = _UNSET, notes: Any = _UNSET) -> Job | None:
-        """Move the job to ``to_state`` if it is in one of ``from_states`` (each an allowed transition).
+        """Move the job to ``to_state`` if it is in one of ``from_states`` (each an allowed transition). Unless
+        ``progress`` is given, a move to cancelled, failed or interrupted freezes the last progress.
 
         Returns the updated job, or None when it was not in those states (or does not exist). ``request`` replaces
         the stored request (a retry migrating an old row); ``notes`` replaces the job's notes."""
@@ -162,6 +167,9 @@ class SQLiteJobStore:
             if to_state not in TRANSITIONS[s]:
                 raise ValueError(f"{s} → {to_state} is not a job transition")
         sets, params = ["state = ?", "version = version + 1"], [to_state]
+        if progress is _UNSET and to_state in STOPPED_MESSAGES:
+            sets.append(_FREEZE)
+            params.append(STOPPED_MESSAGES[to_state])
         for col, value, conv in (("progress", progress, _dump), ("result", result, _dump), ("error", error, _dump),
                                  ("started_at", started_at, _ts), ("finished_at", finished_at, _ts),
                                  ("cancel_requested", cancel_requested, int),
@@ -198,8 +206,9 @@ class SQLiteJobStore:
 
         with self._lock:
             rows = self._db.execute(
-                "UPDATE jobs SET state = 'interrupted', error = ?, finished_at = ?, version = version + 1"
-                " WHERE state = 'running' RETURNING *", (_dump(error), _ts(utcnow()))).fetchall()
+                f"UPDATE jobs SET state = 'interrupted', error = ?, finished_at = ?, version = version + 1, {_FREEZE}"
+                " WHERE state = 'running' RETURNING *",
+                (_dump(error), _ts(utcnow()), STOPPED_MESSAGES["interrupted"])).fetchall()
         return [self._job(r) for r in rows]
 
     def delete(self, job_id: str, states: Iterable[str]) -> bool:

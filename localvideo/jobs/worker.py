@@ -3,8 +3,9 @@
 The worker hands each claimed job to the service's executor (:mod:`localvideo.jobs.executors`). In-process, that
 calls :func:`localvideo.generation.generate` (:func:`localvideo.story.make_story` for ``story`` jobs) with the
 process-wide warm pipeline cache, so the second job on the same model skips loading. Progress goes to the store
-and to subscribers; the job's cancel event is handed to the runner, which raises
-:class:`~localvideo.errors.Cancelled` before the VAE decodes, so a cancelled job writes nothing.
+and to subscribers; the job's cancel event is handed to the run, which checks it at every denoising step, before each
+VAE decoder block and before each encoded frame and raises :class:`~localvideo.errors.Cancelled`, so a cancelled job
+writes nothing.
 Outputs live in ``<outputs>/<job id>/``: ``video.mp4``, its ``video.json`` sidecar and ``thumbnail.jpg``.
 """
 
@@ -88,7 +89,8 @@ class Worker(threading.Thread):
         except Exception:  # noqa: BLE001 - a missing thumbnail must not fail a finished video
             log.exception("could not make a thumbnail for job %s", job.id)
             has_thumb = False
-        svc._finish(job.id, result=outcome.result.model_copy(update={"has_thumbnail": has_thumb}))
+        if svc._finish(job.id, result=outcome.result.model_copy(update={"has_thumbnail": has_thumb})) is None:
+            self._discard(job.id)  # interrupted meanwhile by a shutdown (JobService.begin_shutdown): keep nothing
 
     def _discard(self, job_id: str) -> None:
         shutil.rmtree(self.service.job_dir(job_id), ignore_errors=True)

@@ -4,15 +4,66 @@ The runner asks pipelines for ``output_type="latent"`` and decodes here, so that
 before the VAE runs: a decode failure then costs a decode, not the whole denoising run. Each function mirrors the
 pipeline's own code (diffusers 0.42); ``tests/test_recovery.py`` checks that the frames are identical to letting
 the pipeline decode.
+
+Cancelling while the VAE decodes: diffusers' ``vae.decode`` is one call, but its decoder runs block by block (and,
+for Wan, once per latent frame; for CogVideoX once per latent frame batch; once per tile when tiling). While
+:func:`cancellable` is active, a forward pre-hook on the decoder and on each of its blocks checks the cancel event and
+raises :class:`~localvideo.errors.Cancelled`, so a cancel is honoured within one decoder block, not after the whole
+decode.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+from typing import Any, Callable
 
-from ..errors import GenerationFailed
+from ..errors import Cancelled, GenerationFailed
 
 DECODABLE = ("wan", "ltx", "cogvideox", "hunyuan", "mochi")
+
+
+def is_cancelled(cancel: "Callable[[], bool] | threading.Event | None") -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+CANCELLED_WHILE_DECODING = "Generation cancelled while decoding; no video was written."
+
+
+@contextlib.contextmanager
+def cancellable(vae, cancel):
+    """While active, the VAE's decoder checks ``cancel`` (an Event or a callable) before each of its blocks runs and
+    raises :class:`~localvideo.errors.Cancelled` once it is set. The pipeline is leased to this run alone (see
+    ``runner.use_pipeline``), so hooking its VAE for the call's duration is safe; the hooks are removed however the
+    decode ends, and a decode stopped half-way drops the VAE's per-frame caches (Wan) so they hold no memory."""
+    import torch
+
+    decoder = getattr(vae, "decoder", None)
+    if cancel is None or not isinstance(decoder, torch.nn.Module):
+        yield
+        return
+
+    def check(_module, _args):
+        if is_cancelled(cancel):
+            raise Cancelled(CANCELLED_WHILE_DECODING)
+
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    handles = [m.register_forward_pre_hook(check) for m in decoder.modules()
+               if m is decoder or (any(True for _ in m.children()) and not isinstance(m, containers))]
+    try:
+        yield
+    except Cancelled:
+        clear = getattr(vae, "clear_cache", None)
+        if callable(clear):
+            clear()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _vae_device(pipe):

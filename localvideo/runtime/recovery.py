@@ -13,6 +13,8 @@ down one rung at a time, with a bounded number of attempts:
 Rungs that cannot lower the failing phase are skipped (tiling does not help loading or the transformer). Every rung
 taken is recorded in the plan (``plan.degraded``) and so in the MP4 tags and sidecar. Denoised latents are saved
 to disk before decoding; when decoding fails for good, the error names ``localvideo decode FILE`` to finish later.
+A cancel while decoding (checked before each VAE decoder block) is a cancel like any other: the caller discards the
+saved latents (:func:`localvideo.generation.render`), as a cancel while denoising leaves none.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
                 t = time.perf_counter()
                 frames, plan = decode_with_recovery(pipe, spec, plan, den.latents, den.generator,
                                                     den.generator_state, guard=guard, latents_path=latents_path,
-                                                    ooms=ooms)
+                                                    ooms=ooms, cancel=cancel)
                 return Outcome(frames, plan, load_s, den.denoise_s, time.perf_counter() - t, hit, attempts,
                                latents_path, ooms)
         except OOM as e:
@@ -165,13 +167,16 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
 
 def decode_with_recovery(pipe, spec: ModelSpec, plan: Plan, latents, generator=None, generator_state=None, *,
                          guard: runner.MemoryGuard | None = None, latents_path: Path | None = None,
-                         ooms: list[str] | None = None):
-    """Decode; on OOM retry the decode only, tiled. Never re-runs denoising. Returns (frames, plan)."""
+                         ooms: list[str] | None = None, cancel=None):
+    """Decode; on OOM retry the decode only, tiled. Never re-runs denoising. Returns (frames, plan).
+
+    ``cancel`` stops the decode between VAE decoder blocks (:class:`~localvideo.errors.Cancelled`); the caller
+    discards the saved latents then, as after a cancel while denoising."""
     OOM = _oom_type()
     ooms = ooms if ooms is not None else []
     while True:
         try:
-            return runner.decode_latents(pipe, plan, latents, generator, generator_state, guard), plan
+            return runner.decode_latents(pipe, plan, latents, generator, generator_state, guard, cancel), plan
         except OOM as e:
             ooms.append(f"decode: {str(e).splitlines()[0][:200] if str(e) else 'out of memory'}")
             free_memory()

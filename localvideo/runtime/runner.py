@@ -1,7 +1,8 @@
 """The runner: load a diffusers pipeline, apply the plan's memory strategy, run it with progress and cancellation.
 
 Cancellation raises :class:`~localvideo.errors.Cancelled` from ``callback_on_step_end``, which leaves the
-pipeline before VAE decode (setting ``pipe._interrupt`` would still decode).
+pipeline before VAE decode (setting ``pipe._interrupt`` would still decode). The decode that follows checks the same
+cancel before it starts and before each VAE decoder block (:func:`localvideo.runtime.decode.cancellable`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..catalog import ModelSpec
 from ..errors import Cancelled, GenerationFailed, InvalidRequest
 from ..planner import NEEDS_ACCELERATOR, Plan
 from .cache import PipelineCache
-from .decode import DECODABLE, decode
+from .decode import CANCELLED_WHILE_DECODING, DECODABLE, cancellable, decode
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +299,14 @@ def denoise(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: Can
 
 
 def decode_latents(pipe, plan: Plan, latents, generator=None, generator_state=None,
-                   guard: MemoryGuard | None = None):
-    """VAE-decode latents for this plan; returns float32 frames (F, H, W, 3) in [0, 1]."""
+                   guard: MemoryGuard | None = None, cancel: CancelCheck = None):
+    """VAE-decode latents for this plan; returns float32 frames (F, H, W, 3) in [0, 1].
+
+    ``cancel`` is checked before the decode and before each VAE decoder block (:class:`Cancelled`)."""
     import numpy as np
 
+    if _is_cancelled(cancel):
+        raise Cancelled(CANCELLED_WHILE_DECODING)
     vae = pipe.vae
     if plan.vae_tiling and hasattr(vae, "enable_tiling"):
         vae.enable_tiling()
@@ -311,9 +316,12 @@ def decode_latents(pipe, plan: Plan, latents, generator=None, generator_state=No
         generator.set_state(generator_state)  # a retried decode draws the same noise as the first try
     if guard is not None:
         guard.check("decode", plan)
-    frames = decode(pipe, latents, plan.family, num_frames=plan.num_frames, height=plan.height, width=plan.width,
-                    generator=generator, decode_timestep=plan.call_kwargs.get("decode_timestep"),
-                    decode_noise_scale=plan.call_kwargs.get("decode_noise_scale"))
+    with cancellable(vae, cancel):
+        frames = decode(pipe, latents, plan.family, num_frames=plan.num_frames, height=plan.height, width=plan.width,
+                        generator=generator, decode_timestep=plan.call_kwargs.get("decode_timestep"),
+                        decode_noise_scale=plan.call_kwargs.get("decode_noise_scale"))
+    if _is_cancelled(cancel):
+        raise Cancelled(CANCELLED_WHILE_DECODING)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise GenerationFailed(f"The VAE returned frames of shape {frames.shape}, expected (F, H, W, 3).")
     if not np.isfinite(frames).all():
@@ -329,6 +337,6 @@ def run(pipe, plan: Plan, on_progress: ProgressFn | None = None, cancel: CancelC
     if on_progress is not None:
         on_progress(Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
     t = time.perf_counter()
-    frames = decode_latents(pipe, plan, den.latents, den.generator, den.generator_state)
+    frames = decode_latents(pipe, plan, den.latents, den.generator, den.generator_state, cancel=cancel)
     return RunOutput(frames=frames, load_s=load_s, denoise_s=den.denoise_s, decode_s=time.perf_counter() - t,
                      cache_hit=cache_hit)

@@ -342,16 +342,20 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     """What this machine has, and which models fit it at their default settings."""
     from .catalog import all_models
     from .errors import LocalVideoError as Err
-    from .hardware import GB, probe
+    from .hardware import GB, probe, software
     from .planner import plan_at_defaults
-    from .runtime.store import find
+    from .runtime.store import Incomplete, inspect
     from .settings import get_settings
 
     settings = get_settings()
     hw = probe(settings.home)
+    libs = software()
     fits = []
     for m in all_models():
-        entry = {"model": m.id, "installed": find(m, settings) is not None, "random_weights": m.tiny}
+        found = inspect(m, settings)
+        entry = {"model": m.id, "installed": found is not None and not isinstance(found, Incomplete),
+                 "incomplete": found.describe() if isinstance(found, Incomplete) else None,
+                 "random_weights": m.tiny}
         try:
             p = plan_at_defaults(m, hw)
             entry |= {"fits": True, "strategy": p.strategy, "vae_tiling": p.vae_tiling,
@@ -360,18 +364,28 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
             entry |= {"fits": False, "reason": e.message}
         fits.append(entry)
     if as_json:
-        print(json.dumps({"hardware": hw.to_dict(), "home": str(settings.home), "models": fits}, ensure_ascii=False))
+        print(json.dumps({"hardware": hw.to_dict(), "software": libs, "home": str(settings.home), "models": fits},
+                         ensure_ascii=False))
         return
     c = _console()
     c.print(f"[bold]localvideo doctor[/]  home: {settings.home}")
-    c.print(f"  cpu   {hw.cpu_name} ({hw.cpu_count} cores), {hw.platform}")
-    c.print(f"  ram   {hw.ram_available_bytes / GB:.1f} GB available of {hw.ram_total_bytes / GB:.1f} GB")
+    cpu_limit = " (container limit)" if hw.container_cpus is not None else ""
+    ram_limit = " (container limit)" if hw.container_memory_bytes is not None else ""
+    c.print(f"  cpu   {hw.cpu_name} ({hw.cpu_count} cores{cpu_limit}), {hw.platform}", markup=False)
+    c.print(f"  ram   {hw.ram_available_bytes / GB:.1f} GB available of {hw.ram_total_bytes / GB:.1f} GB{ram_limit}",
+            markup=False)
     c.print(f"  disk  {hw.disk_free_bytes / GB:.1f} GB free")
-    if hw.gpus:
-        for g in hw.gpus:
-            c.print(f"  gpu   {g.device}: {g.name}, {g.free_bytes / GB:.1f} GB free of {g.total_bytes / GB:.1f} GB")
+    for g in hw.gpus:
+        c.print(f"  gpu   {g.device}: {g.name}, {g.free_bytes / GB:.1f} GB free of {g.total_bytes / GB:.1f} GB",
+                markup=False)
+    for g in hw.unusable_gpus:
+        c.print(f"  gpu   {g.name}, {g.total_bytes / GB:.1f} GB: not usable by this torch (see below)", markup=False)
+    build = libs["torch_build"]
+    torch_text = f"{libs['torch']} ({'CPU-only' if build == 'cpu' else build} build)" if libs["torch"] else "missing"
+    c.print(f"  libs  torch {torch_text}, diffusers {libs['diffusers'] or 'missing'}, "
+            f"transformers {libs['transformers'] or 'missing'}", markup=False)
     for n in hw.notes:
-        c.print(f"  [yellow]{n}[/]")
+        c.print(f"  {n}", style="yellow", markup=False)
     from rich.table import Table
 
     t = Table(title="What fits (default settings)")
@@ -381,7 +395,8 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
         how = (f"{f['strategy']}{' + VAE tiling' if f['vae_tiling'] else ''}, ≈{f['peak_gb']} GB"
                if f["fits"] else f["reason"])
         name = f["model"] + (" [red](random)[/]" if f["random_weights"] else "")
-        t.add_row(name, "yes" if f["installed"] else "no", "[green]yes[/]" if f["fits"] else "[red]no[/]", how)
+        installed = "yes" if f["installed"] else (f"[yellow]{f['incomplete']}[/]" if f["incomplete"] else "no")
+        t.add_row(name, installed, "[green]yes[/]" if f["fits"] else "[red]no[/]", how)
     c.print(t)
 
 

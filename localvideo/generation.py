@@ -336,9 +336,14 @@ def record(frames, plan: Plan, spec: ModelSpec, out_path: Path, timings: dict, t
 
 def decode_saved(latents_file: str | Path, *, output: str | None = None, hardware: Hardware | None = None,
                  cache=None, settings: Settings | None = None, on_progress=None) -> GenerationResult:
-    """Finish a run whose decode failed: decode saved latents (VAE tiling on) and write the MP4 with metadata."""
-    from dataclasses import replace
+    """Finish a run whose decode failed: decode saved latents (VAE tiling on) and write the MP4 with metadata.
 
+    A file that is damaged or does not fit its plan (no plan, bad JSON, another model's latents, a cut tensor, an
+    edited size) is an :class:`~localvideo.errors.InvalidRequest` naming the file, before anything loads. The run's
+    metadata saved beside the plan (the prompt as typed, how it was rewritten, conditioning images) is restored."""
+    from dataclasses import MISSING, fields, replace
+
+    from .errors import GenerationFailed, InvalidRequest, LocalVideoError
     from .media.encode import check_output_path
     from .planner import Plan as PlanCls
     from .runtime import latents as latents_io
@@ -347,16 +352,32 @@ def decode_saved(latents_file: str | Path, *, output: str | None = None, hardwar
     t_start = time.perf_counter()
     settings = settings or get_settings()
     saved = latents_io.load(latents_file)
+    name = Path(latents_file).name
+    unedited = "Decode the latents file the failed run named, unedited."
+    try:
+        spec = get_model(saved.plan["model"])
+    except LocalVideoError:
+        raise InvalidRequest(f"{name} has a plan for a model localvideo does not know ({saved.plan['model']!r}).",
+                             hint=unedited) from None
+    latents_io.check(saved, spec)
+    computed = {"estimate", "budget_device_bytes", "budget_host_bytes"}  # from_dict recomputes these
+    lacking = [f.name for f in fields(PlanCls) if f.default is MISSING and f.default_factory is MISSING
+               and f.name not in computed and f.name not in saved.plan]
+    if lacking:
+        raise InvalidRequest(f"{name} has a plan without {', '.join(map(repr, lacking))}.", hint=unedited)
+    try:
+        plan = PlanCls.from_dict(saved.plan, spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidRequest(f"{name} has a plan localvideo cannot read ({type(e).__name__}: {e}).",
+                             hint=unedited) from None
     latents_io.adopt(Path(latents_file))  # the user's now, even if a killed run's claim is still next to them
-    spec = get_model(saved.plan["model"])
-    plan = PlanCls.from_dict(saved.plan, spec)
     hw = hardware if hardware is not None else probe(settings.home)
     device = plan.device
     if device != "cpu" and not any(g.device == device for g in hw.gpus):
         device = hw.best_gpu.device if hw.gpus else "cpu"
     plan = replan(replace(plan, device=device, strategy=plan.strategy if device != "cpu" else "resident",
                           output=output), spec, vae_tiling=True,
-                  degraded=f"decoded later from saved latents ({Path(latents_file).name}) with VAE tiling")
+                  degraded=f"decoded later from saved latents ({name}) with VAE tiling")
     out_path = check_output_path(output_path_for(plan, settings))
     model_path = store.locate(spec, settings)
     cache = cache if cache is not None else default_cache(settings)
@@ -370,11 +391,26 @@ def decode_saved(latents_file: str | Path, *, output: str | None = None, hardwar
         if on_progress is not None:
             on_progress(runner.Progress("decoding", plan.steps, plan.steps, time.perf_counter() - t_start))
         t = time.perf_counter()
-        frames, plan = recovery.decode_with_recovery(pipe, spec, plan, saved.latents, generator,
-                                                     saved.generator_state, latents_path=Path(latents_file))
+        try:
+            frames, plan = recovery.decode_with_recovery(pipe, spec, plan, saved.latents, generator,
+                                                         saved.generator_state, latents_path=Path(latents_file))
+        except LocalVideoError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as e:  # what the checks above did not foresee: no traceback
+            log.exception("decoding %s failed", latents_file)
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise GenerationFailed(f"Decoding {name} with {spec.id} failed: {first}",
+                                   hint="The latents file may not match its plan; generate the video again.",
+                                   latents=str(latents_file)) from None
     timings = {"load_s": round(load_s, 3), "denoise_s": 0.0, "decode_s": round(time.perf_counter() - t, 3)}
+    # what describes the new MP4 and its run (build_metadata's and record's keys) is never taken from the latents
+    fresh = {"localvideo_version", "created", "prompt", "negative_prompt", "model", "repo", "pipeline", "task",
+             "random_weights", "seed", "steps", "guidance", "width", "height", "num_frames", "fps", "strategy",
+             "vae_tiling", "device", "dtype", "flow_shift", "notes", "degraded", "licence", "diffusers_version",
+             "torch_version", "timings", "file", "decoded_from", *plan.run_options()}
+    restored = {k: v for k, v in saved.extra.items() if k not in fresh}
     result = record(frames, plan, spec, out_path, timings, t_start, on_progress=on_progress,
-                    extra={"decoded_from": str(latents_file)})
+                    extra={**restored, "decoded_from": str(latents_file)})
     result.cache_hit = hit
     return result
 

@@ -446,8 +446,6 @@ def serve(
         _check_port_free(host, port)
     except LocalVideoError as e:
         _fail(e, False)
-    import uvicorn
-
     shown = f"[{host}]" if ":" in host else host
     c = _console(stderr=True)
     if ui:
@@ -455,9 +453,9 @@ def serve(
     c.print(f"localvideo API on [bold]http://{shown}:{port}/v1[/]  (docs: http://{shown}:{port}/docs)", markup=True)
     if token:
         c.print(f"token: {token}  (send Authorization: Bearer <token>)", markup=False)
-    # keep-alive above httpx's 5 s pool expiry, so a client never reuses a connection the server is closing
     from .api.app import serve as run_api  # uvicorn.run that ends open event streams at once on Ctrl-C / SIGTERM
 
+    # keep-alive above httpx's 5 s pool expiry, so a client never reuses a connection the server is closing
     run_api(api, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5, timeout_keep_alive=30,
             limit_concurrency=1000, server_header=False)
 

@@ -15,7 +15,8 @@ Shape (the job service, its SQLite queue and its API stay on the head; only the 
 * **Progress** is kept on the actor in a bounded buffer (the newest events win) and drained by the head every
   ``poll_s`` into the job service's progress events (store + SSE).
 * **Cancel**: the service's cancel event is forwarded with ``JobActor.cancel`` (a concurrent call) to the event that
-  the actor's ``generate(cancel=…)`` checks every step; the run ends ``cancelled`` before decoding, no file written.
+  the actor's ``generate(cancel=…)`` checks every step, VAE decoder block and encoded frame; the run ends
+  ``cancelled``, no file written.
 * **Actor or node death** (:class:`ray.exceptions.RayActorError`, which covers ``ActorDiedError`` and
   ``ActorUnavailableError``): the actor is replaced by a fresh one and the job runs again on another actor, up to
   ``max_retries`` times; then it fails with the reason. A replacement starts empty (cold cache). Meanwhile the job

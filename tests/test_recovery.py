@@ -68,6 +68,25 @@ def test_decoding_kept_latents_gives_exactly_the_pipelines_own_frames(model):
     assert np.allclose(ours, theirs, atol=1e-6)
 
 
+def test_ltx_condition_pipeline_latents_are_decoded_as_the_pipeline_decodes_them():
+    """LTXConditionPipeline (ltx-video-13b) returns its latents unpacked (B, C, F, H, W), LTXPipeline packed (B, N, C):
+    unpacking them a second time scrambled the video (max error 0.86) without any error."""
+    from diffusers import LTXConditionPipeline
+
+    from localvideo.runtime.decode import decode
+
+    base, _ = runner.get_pipeline(PipelineCache(4 * 10**9), get_model("tiny-ltx"), store.locate(get_model("tiny-ltx")),
+                                  _plan("tiny-ltx", steps=2))
+    pipe = LTXConditionPipeline(**base.components)
+    kw = dict(prompt="a fox", width=64, height=64, num_frames=9, num_inference_steps=2, guidance_scale=1.0)
+    with torch.inference_mode():
+        latents = pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+        theirs = pipe(**kw, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    assert latents.ndim == 5
+    ours = decode(pipe, latents, "ltx", num_frames=9, height=64, width=64, generator=torch.Generator().manual_seed(0))
+    assert np.allclose(ours, theirs, atol=1e-6)
+
+
 def test_oom_while_decoding_retries_the_decode_only_with_tiling(tmp_path):
     spec = get_model("tiny-wan")
     p = _plan(width=512, height=512, num_frames=9)

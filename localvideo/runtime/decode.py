@@ -91,8 +91,10 @@ def decode(pipe, latents, family: str, *, num_frames: int, height: int, width: i
             lf = (num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
             lh, lw = height // pipe.vae_spatial_compression_ratio, width // pipe.vae_spatial_compression_ratio
             dtype = pipe.text_encoder.dtype if getattr(pipe, "text_encoder", None) is not None else latents.dtype
-            latents = pipe._unpack_latents(latents, lf, lh, lw, pipe.transformer_spatial_patch_size,
-                                           pipe.transformer_temporal_patch_size)
+            if latents.ndim == 3:  # LTXPipeline / LTXImageToVideoPipeline return packed tokens (B, N, C);
+                # LTXConditionPipeline (LTX 0.9.5+, ltx-video-13b) returns them unpacked already (B, C, F, H, W)
+                latents = pipe._unpack_latents(latents, lf, lh, lw, pipe.transformer_spatial_patch_size,
+                                               pipe.transformer_temporal_patch_size)
             latents = pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
             latents = latents.to(device, dtype=dtype)
             timestep = None

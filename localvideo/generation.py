@@ -228,7 +228,8 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
 
     try:
         out = recovery.generate_frames(spec, model_path, plan, cache, on_progress=on_progress, cancel=cancel,
-                                       guard=guard, latents_path=latents_file, inputs=inputs)
+                                       guard=guard, latents_path=latents_file, inputs=inputs,
+                                       latents_extra=lambda: {**prompt_info.metadata(), **image_info})
     except Cancelled:
         latents_io.discard(latents_file)
         release_output(out_path)

@@ -159,8 +159,6 @@ def test_latents_files_from_before_the_run_metadata_still_decode(kept, tmp_path,
     assert result.frames == 9 and np.array_equal(frames[0], kept.frames_encoded)
 
 
-@pytest.mark.xfail(strict=True, reason="needs generation.render to pass the prompt metadata to recovery."
-                                       "generate_frames and on to latents.save(extra=...)")
 def test_decode_restores_the_prompt_as_typed_and_how_it_was_rewritten(kept, tmp_path):
     from localvideo.generation import decode_saved
 

@@ -101,11 +101,13 @@ def next_rung(plan: Plan, spec: ModelSpec, phase: str) -> Plan | None:
 def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: PipelineCache, *,
                     on_progress=None, cancel=None, guard: runner.MemoryGuard | None = None,
                     latents_path: Path | None = None, max_attempts: int = MAX_ATTEMPTS,
-                    inputs=None) -> Outcome:
+                    inputs=None, latents_extra=None) -> Outcome:
     """Load (warm cache), denoise and decode, walking down the OOM ladder as needed.
 
     ``inputs`` are extra pipeline inputs (i2v conditioning images): a dict, or a function of the plan so that a
-    rung that changes the size gets images fitted to the new size.
+    rung that changes the size gets images fitted to the new size. ``latents_extra`` (a dict, or a function called
+    when they are saved) is the run's metadata beyond the plan, kept with the latents so that ``localvideo decode``
+    restores it (the prompt as typed, how it was rewritten, the conditioning images).
     """
     OOM = _oom_type()
     attempts, ooms = 0, []
@@ -135,7 +137,8 @@ def generate_frames(spec: ModelSpec, model_path: Path, plan: Plan, cache: Pipeli
                                      inputs=inputs(plan) if callable(inputs) else inputs)
                 phase = "decode"
                 if latents_path is not None:
-                    latents_io.save(latents_path, den.latents, den.generator_state, plan.to_dict())
+                    extra = latents_extra() if callable(latents_extra) else latents_extra
+                    latents_io.save(latents_path, den.latents, den.generator_state, plan.to_dict(), extra=extra)
                 if on_progress is not None:
                     on_progress(runner.Progress("decoding", plan.steps, plan.steps, den.denoise_s, None))
                 t = time.perf_counter()

@@ -233,18 +233,21 @@ def decode(
 def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """All models localvideo knows, with install state."""
     from .catalog import all_models
-    from .runtime.store import find
+    from .runtime.store import Incomplete, Installed, inspect
     from .settings import get_settings
 
     settings = get_settings()
     rows = []
     for m in all_models():
-        found = find(m, settings)
-        rows.append(m.to_dict() | {"installed": found is not None, "path": str(found.path) if found else None,
+        found = inspect(m, settings)
+        rows.append(m.to_dict() | {"installed": isinstance(found, Installed),
+                                   "incomplete": found.describe() if isinstance(found, Incomplete) else None,
+                                   "path": str(found.path) if found else None,
                                    "source": found.source if found else None})
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="localvideo models")
@@ -253,7 +256,8 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     for r in rows:
         d, c = r["defaults"], r["constraints"]
         rid = r["id"] + ("\n[red]RANDOM WEIGHTS[/]" if r["random_weights"] else "")
-        inst = "[green]yes[/]" if r["installed"] else ("built on first use" if r["random_weights"] else "no")
+        inst = ("[green]yes[/]" if r["installed"] else f"[yellow]{escape(r['incomplete'])}[/]" if r["incomplete"]
+                else "built on first use" if r["random_weights"] else "no")
         t.add_row(rid, ",".join(r["tasks"]), f"{r['weights_gb']:.1f} GB", f"{d['width']}x{d['height']}",
                   f"{d['frames']} ({c['frame_rule']}, ≤{c['max_frames']})", inst, r["licence"])
     _console().print(t)
@@ -288,18 +292,22 @@ def _gpu_memory(m) -> dict:
 def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Everything the catalog knows about one model."""
     from .catalog import get_model
-    from .runtime.store import find, pull_command
+    from .runtime.store import Incomplete, Installed, inspect, pull_command
 
     try:
         m = get_model(model_id)
     except LocalVideoError as e:
         _fail(e, as_json)
-    found = find(m)
-    info = m.to_dict() | {"installed": found is not None, "path": str(found.path) if found else None,
+    found = inspect(m)
+    info = m.to_dict() | {"installed": isinstance(found, Installed),
+                          "incomplete": found.describe() if isinstance(found, Incomplete) else None,
+                          "path": str(found.path) if found else None, "source": found.source if found else None,
                           "pull": pull_command(m), "gpu_memory": _gpu_memory(m)}
     if as_json:
         print(json.dumps(info, ensure_ascii=False))
         return
+    from rich.markup import escape
+
     c = _console()
     c.print(f"[bold]{m.name}[/] ({m.id}){'  [red]RANDOM WEIGHTS: output is noise[/]' if m.tiny else ''}")
     c.print(m.description)
@@ -313,7 +321,10 @@ def models_show(model_id: str, as_json: bool = typer.Option(False, "--json")) ->
     g = info["gpu_memory"]
     c.print(f"  GPU memory   at {g['size']} ({g['source']}), peak GB per strategy, untiled / VAE tiled:")
     c.print("               " + ", ".join(f"{s} {v['untiled']} / {v['tiled']}" for s, v in g["strategies"].items()))
-    if not found:
+    if info["incomplete"]:
+        c.print(f"  [yellow]{escape(info['incomplete'])}[/]")
+        c.print(f"  finish the download with: [bold]{info['pull']}[/]")
+    elif not info["installed"]:
         c.print(f"  install with [bold]{info['pull']}[/]")
 
 

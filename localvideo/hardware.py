@@ -11,6 +11,7 @@ under :data:`CGROUP_ROOT` for the cgroup named in :data:`PROC_SELF_CGROUP` (both
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -64,6 +65,17 @@ class Hardware:
     @property
     def best_gpu(self) -> GPU | None:
         return max(self.gpus, key=lambda g: g.free_bytes) if self.gpus else None
+
+    @property
+    def unusable_gpu_note(self) -> str | None:
+        """Why the GPUs in :attr:`unusable_gpus` are not used and how to fix it (the note :func:`probe` wrote, which
+        names them); None when every GPU found is usable."""
+        if not self.unusable_gpus:
+            return None
+        names = sorted({g.name for g in self.unusable_gpus})
+        note = next((n for n in self.notes if any(name in n for name in names)), None)
+        return note or (f"{', '.join(names)} found, but this torch cannot use it: running on the CPU. Install a "
+                        f"torch build for this GPU (see {TORCH_INSTALL_HELP}).")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -312,7 +324,13 @@ def probe(disk_path: Path | None = None, use_torch: bool = True, *, cgroup_root:
 
 def software() -> dict:
     """Versions of the libraries generation runs on, and torch's accelerator build ("cuda 12.4", "rocm 6.2",
-    "cpu"). The versions come from package metadata; the build needs torch imported (only when installed)."""
+    "cpu"). The versions come from package metadata; the build needs torch imported (only when installed).
+    Read once per process (the libraries this process runs on do not change under it): /v1/system asks each call."""
+    return dict(_software())
+
+
+@functools.cache
+def _software() -> dict:
     from importlib import metadata
     import importlib.util
 

@@ -489,7 +489,9 @@ def plan(request: GenerationRequest, spec: ModelSpec, hardware: Hardware, task: 
         dtype = "float32" if spec.tiny else "bfloat16"
         budget_device = budget_host = int(hardware.ram_available_bytes * RAM_USABLE)
         if not spec.tiny:
-            warnings.append("No GPU: a real model on the CPU takes hours per clip.")
+            gpu_note = hardware.unusable_gpu_note  # a GPU is there but this torch cannot use it: say how to fix it
+            warnings.append(f"{gpu_note} A real model on the CPU takes hours per clip." if gpu_note else
+                            "No GPU: a real model on the CPU takes hours per clip.")
     else:
         device = gpu.device
         dtype = spec.dtype

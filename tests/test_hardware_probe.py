@@ -59,6 +59,18 @@ def test_a_gpu_this_torch_cannot_use_is_not_planned_for_and_doctor_says_how_to_f
 
 
 @needs_cpu_torch
+def test_the_plan_for_a_real_model_says_the_gpu_is_there_but_this_torch_cannot_use_it(fake_nvidia_smi):
+    r = run_cli("generate", "a fox", "--model", "wan2.1-t2v-1.3b", "--frames", "17", "--width", "480", "--height",
+                "320", "--dry-run", "--json", env_extra=fake_nvidia_smi)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)["plan"]
+    note = next(n for n in json.loads(run_cli("doctor", "--json", env_extra=fake_nvidia_smi).stdout)["hardware"]
+                ["notes"] if FAKE_GPU in n)
+    assert plan["device"] == "cpu" and note + " A real model on the CPU takes hours per clip." in plan["warnings"]
+    assert not any(w.startswith("No GPU") for w in plan["warnings"])
+
+
+@needs_cpu_torch
 def test_generate_on_a_machine_whose_gpu_this_torch_cannot_use_runs_on_the_cpu(fake_nvidia_smi, tmp_path):
     out = tmp_path / "kite.mp4"
     r = run_cli("generate", "a kite", "--model", "tiny-wan", "--steps", "1", "--frames", "5", "--width", "64",

@@ -173,3 +173,94 @@ def test_tiny_models_built_here_count_as_installed():
         path = store.locate(spec)  # built on first use (reused from the session's home)
         found = store.find(spec)
         assert found is not None and found.source == "tiny" and found.path == path, model
+
+
+MISSING = "incomplete: missing text_encoder weights, transformer weights, vae weights"
+
+
+def test_models_list_and_show_say_what_a_partial_download_lacks_and_how_to_finish_it(models_dir):
+    folder = _configs_only(models_dir / SPEC.repo)
+    env = {"LOCALVIDEO_MODELS_DIR": str(models_dir), "COLUMNS": "400"}
+    rows = {r["id"]: r for r in json.loads(run_cli("models", "list", "--json", env_extra=env).stdout)}
+    row = rows[SPEC.id]
+    assert (row["installed"], row["incomplete"], row["path"], row["source"]) == (False, MISSING, str(folder),
+                                                                                 "models-folder")
+    absent = rows["wan2.1-t2v-14b"]  # nothing of it here: not installed, not incomplete
+    assert (absent["installed"], absent["incomplete"], absent["path"]) == (False, None, None)
+    table = run_cli("models", "list", env_extra=env).stdout
+    line = next(ln for ln in table.splitlines() if f" {SPEC.id} " in ln)
+    assert MISSING in line
+    shown = json.loads(run_cli("models", "show", SPEC.id, "--json", env_extra=env).stdout)
+    assert (shown["installed"], shown["incomplete"], shown["path"]) == (False, MISSING, str(folder))
+    text = run_cli("models", "show", SPEC.id, env_extra=env).stdout
+    assert MISSING in text and f"finish the download with: localvideo models pull {SPEC.id}" in text
+    assert "install with" not in text
+
+
+def test_the_rest_api_refuses_a_job_for_a_partial_download_naming_what_is_missing(models_dir, lv_home, tmp_path):
+    from importlib import metadata
+
+    from fastapi.testclient import TestClient
+
+    from localvideo.api.app import create_app
+    from localvideo.hardware import Hardware
+    from localvideo.jobs.service import JobService
+    from localvideo.settings import Settings
+
+    folder = _configs_only(models_dir / SPEC.repo)
+    settings = Settings(home=lv_home, models_dir=models_dir, jobs_db_path=tmp_path / "jobs.db",
+                        outputs_dir=tmp_path / "outputs")
+    svc = JobService(settings, hardware=Hardware.assumed(24), workers=1)  # not started: nothing may run
+    client = TestClient(create_app(settings, service=svc), base_url="http://127.0.0.1:8765")
+    try:
+        for path, body in (("/v1/jobs", {"prompt": "a fox", "model": SPEC.id, "steps": 1}),
+                           ("/v1/jobs/story", {"script": "[2s] a fox wakes\n[2s] the fox runs", "model": SPEC.id})):
+            r = client.post(path, json=body)
+            assert r.status_code == 409, (path, r.text)
+            err = r.json()
+            assert err["error"] == "model_not_installed" and err["message"] == (
+                f"{SPEC.id} is incomplete at {folder}: missing text_encoder weights, transformer weights, "
+                f"vae weights."), path
+            assert err["hint"] == f"Finish the download with: localvideo models pull {SPEC.id}"
+            assert err["missing"] == ["text_encoder weights", "transformer weights", "vae weights"]
+        assert client.get("/v1/jobs").json()["total"] == 0
+        rows = {m["id"]: m for m in client.get("/v1/models").json()}
+        assert (rows[SPEC.id]["installed"], rows[SPEC.id]["incomplete"]) == (False, MISSING)
+        assert rows[SPEC.id]["pull_command"] == f"localvideo models pull {SPEC.id}"
+        assert rows["wan2.1-t2v-14b"]["incomplete"] is None and rows["tiny-wan"]["incomplete"] is None
+        software = client.get("/v1/system").json()["software"]
+        assert software["torch"] == metadata.version("torch") and software["torch_build"]
+        assert software["diffusers"] == metadata.version("diffusers")
+    finally:
+        client.close()
+        svc.close()
+
+
+def test_the_studio_shows_a_partial_download_as_incomplete_and_the_software_versions(models_dir, lv_home, tmp_path):
+    from importlib import metadata
+
+    from localvideo.hardware import Hardware
+    from localvideo.jobs.service import JobService
+    from localvideo.settings import Settings
+    from localvideo.ui import views
+
+    _configs_only(models_dir / SPEC.repo)
+    settings = Settings(home=lv_home, models_dir=models_dir, jobs_db_path=tmp_path / "jobs.db",
+                        outputs_dir=tmp_path / "outputs")
+    svc = JobService(settings, hardware=Hardware.assumed(24), workers=1)
+    try:
+        rows = svc.models()  # what the studio renders
+        row = next(r for r in rows if r["id"] == SPEC.id)
+        assert views.model_choice_label(row).startswith(f"{SPEC.id} · incomplete (")
+        info = views.model_info_html(row, SPEC)
+        assert f">incomplete</span> {MISSING}: finish the download" in info and "not installed" not in info
+        table = views.models_html(rows, {}, {})
+        mine = table.split(f'<tr data-model="{SPEC.id}">')[1].split("</tr>")[0]
+        assert ">incomplete</span>" in mine and MISSING in mine and "not installed" not in mine
+        other = table.split('<tr data-model="wan2.1-t2v-14b">')[1].split("</tr>")[0]
+        assert ">not installed</span>" in other
+        html = views.system_html(svc.system(), rows, False)
+        assert (f"<li>Software: torch {metadata.version('torch')} (" in html
+                and f"diffusers {metadata.version('diffusers')}" in html)
+    finally:
+        svc.close()

@@ -122,6 +122,27 @@ def test_cpu_only_plans_on_cpu_and_warns_for_real_models():
     assert t.device == "cpu" and t.dtype == "float32" and any("RANDOM WEIGHTS" in w for w in t.warnings)
 
 
+def test_on_a_gpu_this_torch_cannot_use_the_cpu_warning_says_so_and_how_to_fix_it_not_no_gpu():
+    from dataclasses import replace
+
+    from localvideo.hardware import GPU
+
+    rtx = GPU(0, "NVIDIA GeForce RTX 4090", 24 * 2**30, 23 * 2**30, "cuda", "8.9")
+    note = ("NVIDIA GeForce RTX 4090 found, but this torch (2.9.0+cpu) has no CUDA: running on the CPU. Install a "
+            "CUDA build of torch: pip install torch --index-url https://download.pytorch.org/whl/cuXXX")
+    machine = replace(hw(None), unusable_gpus=(rtx,), notes=("A CPU limit applies: 4 of the host's 8 CPUs.", note))
+    p = plan(req("wan2.1-t2v-1.3b", width=480, height=320, num_frames=17), get_model("wan2.1-t2v-1.3b"), machine)
+    assert p.device == "cpu"
+    warning = next(w for w in p.warnings if "hours" in w)
+    assert warning == note + " A real model on the CPU takes hours per clip."  # the probe's note, not "No GPU"
+    # a Hardware built without the note still names the GPU and says this torch cannot use it
+    bare = plan(req("wan2.1-t2v-1.3b", width=480, height=320, num_frames=17), get_model("wan2.1-t2v-1.3b"),
+                replace(hw(None), unusable_gpus=(rtx,)))
+    warning = next(w for w in bare.warnings if "hours" in w)
+    assert warning.startswith("NVIDIA GeForce RTX 4090 found, but this torch cannot use it") and "No GPU" not in warning
+    assert not any("GPU" in w for w in plan(req("tiny-wan"), get_model("tiny-wan"), machine).warnings)
+
+
 def test_vae_tiling_turns_on_when_decoding_at_once_would_not_fit():
     m = get_model("hunyuanvideo")
     untiled = estimate_memory(m, 1280, 720, 129, "resident", False)

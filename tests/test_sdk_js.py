@@ -53,12 +53,12 @@ def _fields(block: str) -> set[str]:
 
 def _same_fields(dts: str) -> None:
     """The published types name every field the server takes and gives: a request type per REST body (JobCreate,
-    StoryCreate, AnimateCreate) and JobResult as the job service fills it."""
-    from localvideo.api.schemas import AnimateCreate, JobCreate, StoryCreate
+    StoryCreate, AnimateCreate), JobResult as the job service fills it and ModelInfo as /v1/models rows."""
+    from localvideo.api.schemas import AnimateCreate, JobCreate, ModelOut, StoryCreate
     from localvideo.jobs.models import JobProgress, JobResult
 
     for ts, model in (("JobRequest", JobCreate), ("StoryRequest", StoryCreate), ("AnimationRequest", AnimateCreate),
-                      ("JobResult", JobResult), ("JobProgress", JobProgress)):
+                      ("JobResult", JobResult), ("JobProgress", JobProgress), ("ModelInfo", ModelOut)):
         assert _fields(_interface(dts, ts)) == set(model.model_fields), (ts, _fields(_interface(dts, ts)) ^
                                                                           set(model.model_fields))
 

@@ -113,6 +113,7 @@ class ModelOut(BaseModel):
     weights_gb: float
     installed: bool
     built_on_first_use: bool
+    incomplete: str | None  # a partial copy is here: "incomplete: missing transformer weights, …" (not installed)
     pull_command: str | None
     supports_last_image: bool  # image-to-video can also condition on a last frame (``last_image``)
     requires_last_image: bool  # ... and needs one: an image-to-video job without it is refused
@@ -131,6 +132,7 @@ class Health(BaseModel):
 class SystemOut(BaseModel):
     version: str
     hardware: dict[str, Any]
+    software: dict[str, str | None]  # torch, torch_build (cuda 12.4 | rocm 6.2 | cpu), diffusers, transformers
     workers: list[dict[str, Any]]
     queue: dict[str, int]
     executor: dict[str, Any] = {}  # local | ray (address, actors and their state, start error); docs/cluster.md

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest, ModelNotInstalled
+from ..errors import InvalidRequest
 from ..hardware import Hardware
 from ..request import GenerationRequest
 from ..settings import Settings, get_settings
@@ -231,7 +231,7 @@ class JobService:
         ``uploads`` maps ``image`` / ``last_image`` to checked uploads
         (:class:`~localvideo.media.upload.CheckedImage`); they are stored under ``<home>/uploads/<job id>/``."""
         from ..generation import prepare
-        from ..runtime.store import find, pull_command
+        from ..runtime.store import Installed, inspect, not_installed
 
         if self.stopping:
             raise ServiceUnavailable("The job service is shutting down.", hint="Submit again after it restarts.")
@@ -253,10 +253,10 @@ class JobService:
                 data[key] = str(path)
             req = GenerationRequest.parse(**data)
             spec, plan = prepare(req, self.hardware(), self.settings)
-            if not spec.tiny and find(spec, self.settings) is None:
-                raise ModelNotInstalled(f"{spec.id} is not installed on this machine.",
-                                        hint=f"Download it with: {pull_command(spec)}", model=spec.id,
-                                        command=pull_command(spec))
+            if not spec.tiny:
+                found = inspect(spec, self.settings)
+                if not isinstance(found, Installed):  # names what is missing of an incomplete copy
+                    raise not_installed(spec, self.settings, found)
         except BaseException:
             shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
             raise
@@ -273,7 +273,7 @@ class JobService:
 
         ``uploads={"image": CheckedImage}``: the first scene starts from that image (stored under
         ``<home>/uploads/<job id>/`` like :meth:`submit`'s); from Python, ``image`` may also be a path."""
-        from ..runtime.store import find, pull_command
+        from ..runtime.store import Installed, inspect, not_installed
         from ..story import StoryRequest, plan_story
 
         if self.stopping:
@@ -298,10 +298,10 @@ class JobService:
                             **{k: opts[k] for k in ("model", "crossfade_s", "continuity", "seed", "fps", "width",
                                                     "height", "steps", "guidance", "duration_s", "negative_prompt",
                                                     "image")})
-            if not sp.spec.tiny and find(sp.spec, self.settings) is None:
-                raise ModelNotInstalled(f"{sp.spec.id} is not installed on this machine.",
-                                        hint=f"Download it with: {pull_command(sp.spec)}", model=sp.spec.id,
-                                        command=pull_command(sp.spec))
+            if not sp.spec.tiny:
+                found = inspect(sp.spec, self.settings)
+                if not isinstance(found, Installed):  # names what is missing of an incomplete copy
+                    raise not_installed(sp.spec, self.settings, found)
         except BaseException:
             shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
             raise
@@ -499,17 +499,19 @@ class JobService:
         from ..errors import LocalVideoError
         from ..hardware import GB
         from ..planner import plan_at_defaults
-        from ..runtime.store import find, pull_command
+        from ..runtime.store import Incomplete, Installed, inspect, pull_command
 
         hw = self.hardware()
         rows = []
         for m in all_models():
-            found = find(m, self.settings)
+            found = inspect(m, self.settings)
+            installed = isinstance(found, Installed) or (m.tiny and found is None)  # tiny: built on first use
             row: dict[str, Any] = {
                 "id": m.id, "name": m.name, "family": m.family, "tasks": list(m.tasks), "random_weights": m.tiny,
                 "licence": m.licence, "weights_gb": round(m.weights_bytes / GB, 2),
-                "installed": found is not None or m.tiny, "built_on_first_use": m.tiny and found is None,
-                "pull_command": None if (found or m.tiny) else pull_command(m),
+                "installed": installed, "built_on_first_use": m.tiny and found is None,
+                "incomplete": found.describe() if isinstance(found, Incomplete) else None,
+                "pull_command": None if installed else pull_command(m),
                 "supports_last_image": m.supports_last_image, "requires_last_image": m.requires_last_image,
             }
             try:
@@ -523,10 +525,12 @@ class JobService:
 
     def system(self) -> dict:
         from .. import __version__
+        from ..hardware import software
 
         with self._lock:
             workers = [{"name": w.name, "device": w.device, "job_id": w.current_job} for w in self._workers]
-        return {"version": __version__, "hardware": self.hardware().to_dict(), "workers": workers,
+        return {"version": __version__, "hardware": self.hardware().to_dict(), "software": software(),
+                "workers": workers,
                 "executor": {**self.executor.info(), "error": self.executor_error},
                 "queue": {s: self.store.count([s]) for s in ("queued", "running")}}
 

@@ -216,7 +216,9 @@ def model_choice_label(row: dict) -> str:
     bits = [row["id"]]
     if row["random_weights"]:
         bits.append("RANDOM WEIGHTS")
-    bits.append("installed" if row["installed"] else f"not installed ({row['weights_gb']:.1f} GB)")
+    bits.append("installed" if row["installed"] else
+                f"incomplete ({row['weights_gb']:.1f} GB)" if row.get("incomplete") else
+                f"not installed ({row['weights_gb']:.1f} GB)")
     bits.append("fits" if row["fits"] else "does not fit")
     return " · ".join(bits)
 
@@ -230,6 +232,9 @@ def model_info_html(row: dict | None, spec: ModelSpec | None) -> str:
     if row["installed"]:
         parts.append('<span class="lv-badge lv-succeeded">installed</span>'
                      + (" built on this machine on first use" if row["built_on_first_use"] else ""))
+    elif row.get("incomplete"):
+        parts.append(f'<span class="lv-badge lv-failed">incomplete</span> {e(row["incomplete"])}: finish the download '
+                     f'on the Models tab (or <code>{e(row["pull_command"] or "")}</code>)')
     else:
         parts.append(f'<span class="lv-badge lv-queued">not installed</span> pull it on the Models tab '
                      f'(or <code>{e(row["pull_command"] or "")}</code>)')
@@ -317,6 +322,8 @@ def models_html(rows: list[dict], disk: dict[str, int | None], pulls: dict[str, 
         elif r["installed"]:
             inst = ('<span class="lv-badge lv-succeeded">installed</span>' if not r["built_on_first_use"] else
                     '<span class="lv-badge lv-queued">built on first use</span>')
+        elif r.get("incomplete"):
+            inst = f'<span class="lv-badge lv-failed">incomplete</span><div class="lv-sub">{e(r["incomplete"])}</div>'
         else:
             inst = '<span class="lv-badge lv-cancelled">not installed</span>'
         fit = ('<span class="lv-badge lv-succeeded">fits</span> ' + e(r["strategy"] or "")
@@ -382,12 +389,17 @@ def system_html(system: dict, models: list[dict], auth_required: bool) -> str:
                       f'{("job " + e(w["job_id"][:8])) if w.get("job_id") else "idle"}</li>'
                       for w in system.get("workers") or []) or "<li>starting…</li>"
     q = system.get("queue", {})
+    sw = dict(system.get("software") or {})
+    if sw.get("torch") and sw.get("torch_build"):
+        sw["torch"] += f" ({sw['torch_build']})"
+    libs = ", ".join(f"{name} {sw[name]}" for name in ("torch", "diffusers", "transformers") if sw.get(name))
     return (
         '<div class="lv-system">'
         f'<h3>This machine</h3><ul><li>CPU: {e(hw.get("cpu_name") or "?")} ({hw.get("cpu_count")} cores), '
         f'{e(hw.get("platform") or "")}</li>'
         f'<li>RAM: {hw["ram_available_bytes"] / gb:.1f} GB available of {hw["ram_total_bytes"] / gb:.1f} GB</li>'
-        f'<li>Disk: {hw["disk_free_bytes"] / gb:.0f} GB free</li>{gpu_rows}{notes}</ul>'
+        f'<li>Disk: {hw["disk_free_bytes"] / gb:.0f} GB free</li>{gpu_rows}{notes}'
+        + (f'<li>Software: {e(libs)}</li>' if libs else "") + '</ul>'
         f'<h3>What fits (default settings)</h3><ul>{fit_list or "<li>nothing</li>"}</ul>'
         + (f'<details><summary>Does not fit ({len(nofit)})</summary><ul>{nofit_list}</ul></details>' if nofit else "")
         + f'<h3>Job service</h3><ul>{workers}<li>queue: {q.get("queued", 0)} waiting, {q.get("running", 0)} '

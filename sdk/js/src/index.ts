@@ -174,6 +174,8 @@ export interface ModelInfo {
   weights_gb: number;
   installed: boolean;
   built_on_first_use: boolean;
+  /** A partial copy is here ("incomplete: missing transformer weights, …"): not installed; `pull_command` finishes it. */
+  incomplete: string | null;
   pull_command: string | null;
   /** Image-to-video can also condition on a last frame (`submitImage(..., { lastImage })`). */
   supports_last_image: boolean;

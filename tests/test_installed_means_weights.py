@@ -264,3 +264,15 @@ def test_the_studio_shows_a_partial_download_as_incomplete_and_the_software_vers
                 and f"diffusers {metadata.version('diffusers')}" in html)
     finally:
         svc.close()
+
+
+def test_the_not_installed_message_names_only_the_places_looked_in(tmp_path):
+    from localvideo.catalog import get_model
+    from localvideo.runtime.store import not_installed
+    from localvideo.settings import Settings
+
+    spec = get_model("wan2.1-t2v-1.3b")
+    with_cache = not_installed(spec, Settings(home=tmp_path, use_hf_cache=True)).message
+    without = not_installed(spec, Settings(home=tmp_path, use_hf_cache=False)).message
+    assert "and the Hugging Face cache" in with_cache and "Hugging Face" not in without
+    assert str(tmp_path / "models") in without

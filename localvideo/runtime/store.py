@@ -225,7 +225,8 @@ def not_installed(spec: ModelSpec, settings: Settings | None = None,
             hint=f"Finish the download with: {pull_command(spec)}",
             model=spec.id, command=pull_command(spec), missing=list(found.missing), path=str(found.path))
     return ModelNotInstalled(
-        f"{spec.id} is not installed (looked in {models_folder_path(spec, settings)} and the Hugging Face cache).",
+        f"{spec.id} is not installed (looked in {models_folder_path(spec, settings)}"
+        f"{' and the Hugging Face cache' if settings.use_hf_cache else ''}).",
         hint=f"Download it with: {pull_command(spec)}",
         model=spec.id,
         command=pull_command(spec),

@@ -106,20 +106,27 @@ def shared_server() -> LiveServer:
 
 def sse_jobs(client: httpx.Client, job_id: str, timeout: float = 120.0) -> list[tuple[str, int, dict]]:
     """All (event, id, job) of a job's SSE stream until it ends; fails after ``timeout`` seconds."""
-    out, event, eid, deadline = [], "message", -1, time.monotonic() + timeout
+    out, deadline = [], time.monotonic() + timeout
     with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(10, read=timeout)) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
+        for item in sse_events(r.iter_lines()):
+            out.append(item)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still running after {timeout} s")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("id: "):
-                eid = int(line[4:])
-            elif line.startswith("data: "):
-                out.append((event, eid, json.loads(line[6:])))
     return out
+
+
+def sse_events(lines):
+    """(event, id, data as JSON) for each ``data:`` line of a Server-Sent Events stream (a response's lines)."""
+    event, eid = "message", -1
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("id: "):
+            eid = int(line[4:])
+        elif line.startswith("data: "):
+            yield event, eid, json.loads(line[6:])
 
 
 def wait_state(client: httpx.Client, job_id: str, predicate, timeout: float = 120.0, interval: float = 0.05) -> dict:

@@ -186,7 +186,6 @@ def test_state_conflicts_and_delete_with_files(api, server):
 
 def test_deleting_a_queued_job_ends_its_event_streams_with_a_deleted_event(api, server):
     """Before, the stream hung until the next keepalive (15 s), then ended with no final event."""
-    import json
     import threading
     import time
 
@@ -199,16 +198,12 @@ def test_deleting_a_queued_job_ends_its_event_streams_with_a_deleted_event(api, 
     raw_open, sdk_open = threading.Event(), threading.Event()
 
     def raw() -> None:
-        event, eid = "message", -1
+        from _live import sse_events
+
         with api.stream("GET", f"/v1/jobs/{queued['id']}/events") as r:
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("id: "):
-                    eid = int(line[4:])
-                elif line.startswith("data: "):
-                    got["events"].append((event, eid, json.loads(line[6:])))
-                    raw_open.set()
+            for item in sse_events(r.iter_lines()):
+                got["events"].append(item)
+                raw_open.set()
         got["raw_ended"] = time.monotonic()
 
     def sdk() -> None:

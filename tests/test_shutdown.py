@@ -8,7 +8,6 @@ exceeded``, and the stream's last event said ``running`` although the job was se
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import threading
@@ -35,18 +34,14 @@ class _Stream(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        event, eid = "message", -1
+        from _live import sse_events
+
         try:
             with httpx.Client(base_url=self.url, timeout=httpx.Timeout(10, read=60)) as c, \
                     c.stream("GET", f"/v1/jobs/{self.job_id}/events") as r:
-                for line in r.iter_lines():
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("id: "):
-                        eid = int(line[4:])
-                    elif line.startswith("data: "):
-                        self.events.append((event, eid, json.loads(line[6:])))
-                        self.opened.set()
+                for item in sse_events(r.iter_lines()):
+                    self.events.append(item)
+                    self.opened.set()
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
         finally:

@@ -91,15 +91,8 @@ async def create_story_image_job(
     the upload is checked (bytes, pixels, content) and stored by job id as for POST /v1/jobs/image-to-video, the
     story checked as for POST /v1/jobs/story, and the job (kind `story`) queued."""
     svc: JobService = request.app.state.service
-    settings = svc.settings
-    data = await image.read(settings.api_max_upload_bytes + 1)
-    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
-                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
-    fields = _params(params)
-    try:
-        body = StoryCreate.model_validate(fields)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        raise InvalidRequest(one_sentence(e), hint="params takes the same fields as POST /v1/jobs/story.") from None
+    checked = await _checked_upload(image, svc.settings)
+    body = _params(params, StoryCreate, "params takes the same fields as POST /v1/jobs/story.")
     job = await run_in_threadpool(lambda: svc.submit_story(uploads={"image": checked},
                                                            **body.model_dump(exclude_unset=True)))
     return JobOut.of(job)
@@ -115,20 +108,9 @@ async def create_image_job(
 ) -> JobOut:
     """Image-to-video: the upload is checked (bytes, pixels, content), stored by job id, and the job queued."""
     svc: JobService = request.app.state.service
-    settings = svc.settings
-    uploads = {}
-    for key, upload in (("image", image), ("last_image", last_image)):
-        if upload is None:
-            continue
-        data = await upload.read(settings.api_max_upload_bytes + 1)
-        uploads[key] = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
-                                               max_pixels=settings.api_max_upload_pixels,
-                                               declared_type=upload.content_type)
-    fields = _params(params)
-    try:
-        body = JobCreate.model_validate(fields)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        raise InvalidRequest(one_sentence(e), hint="params takes the same fields as POST /v1/jobs.") from None
+    uploads = {key: await _checked_upload(upload, svc.settings)
+               for key, upload in (("image", image), ("last_image", last_image)) if upload is not None}
+    body = _params(params, JobCreate, "params takes the same fields as POST /v1/jobs.")
     job = await run_in_threadpool(lambda: svc.submit(uploads=uploads, **body.model_dump(exclude_unset=True)))
     return JobOut.of(job)
 
@@ -143,28 +125,32 @@ async def create_animation_job(
     """Photo animation (kind `photo-animation`, no model weights): the upload is checked, stored by job id, and
     the job queued. Progress phase `rendering`, step = frames written."""
     svc: JobService = request.app.state.service
-    settings = svc.settings
-    data = await image.read(settings.api_max_upload_bytes + 1)
-    checked = await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
-                                      max_pixels=settings.api_max_upload_pixels, declared_type=image.content_type)
-    fields = _params(params)
-    try:
-        body = AnimateCreate.model_validate(fields)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        raise InvalidRequest(one_sentence(e), hint="See AnimateCreate in /openapi.json.") from None
+    checked = await _checked_upload(image, svc.settings)
+    body = _params(params, AnimateCreate, "See AnimateCreate in /openapi.json.")
     job = await run_in_threadpool(lambda: svc.submit_animation(uploads={"image": checked},
                                                                **body.model_dump(exclude_unset=True)))
     return JobOut.of(job)
 
 
-def _params(params: str) -> dict:
+async def _checked_upload(upload: UploadFile, settings):
+    """An uploaded image read (at most the limit + 1 bytes) and checked by content, size and pixels."""
+    data = await upload.read(settings.api_max_upload_bytes + 1)
+    return await run_in_threadpool(check_image, data, max_bytes=settings.api_max_upload_bytes,
+                                   max_pixels=settings.api_max_upload_pixels, declared_type=upload.content_type)
+
+
+def _params(params: str, model, hint: str):
+    """A multipart route's ``params`` (a JSON object) validated as ``model``; InvalidRequest with ``hint`` if not."""
     try:
         fields = json.loads(params)
     except ValueError:
         raise InvalidRequest("params must be a JSON object of job fields.") from None
     if not isinstance(fields, dict):
         raise InvalidRequest("params must be a JSON object of job fields.")
-    return fields
+    try:
+        return model.model_validate(fields)
+    except ValidationError as e:
+        raise InvalidRequest(one_sentence(e), hint=hint) from None
 
 
 @router.get("/jobs", response_model=JobPageOut, tags=["jobs"], responses=COMMON)

@@ -205,12 +205,7 @@ def load(path: str | os.PathLike) -> SavedLatents:
     if "plan" not in meta:
         raise InvalidRequest(f"{p.name} has no plan in its metadata, so there is nothing to decode it with.",
                              hint=damaged)
-    try:
-        plan = json.loads(meta["plan"])
-    except ValueError as e:
-        raise InvalidRequest(f"{p.name} has a plan that is not valid JSON ({e}).", hint=damaged) from None
-    if not isinstance(plan, dict):
-        raise InvalidRequest(f"{p.name} has a plan that is not a JSON object.", hint=damaged)
+    plan = _json_object(meta["plan"], f"{p.name} has a plan", damaged)
     for key, kind in _PLAN_KEYS.items():
         if key not in plan:
             raise InvalidRequest(f"{p.name} has a plan without {key!r}.", hint=damaged)
@@ -233,12 +228,16 @@ def load(path: str | os.PathLike) -> SavedLatents:
         state = torch.from_numpy(raw)
         if state.numel() != torch.Generator("cpu").get_state().numel():
             raise InvalidRequest(f"{p.name} has a damaged generator state ({state.numel()} bytes).", hint=damaged)
-    extra = {}
-    if "extra" in meta:
-        try:
-            extra = json.loads(meta["extra"])
-        except ValueError as e:
-            raise InvalidRequest(f"{p.name} has run metadata that is not valid JSON ({e}).", hint=damaged) from None
-        if not isinstance(extra, dict):
-            raise InvalidRequest(f"{p.name} has run metadata that is not a JSON object.", hint=damaged)
+    extra = _json_object(meta["extra"], f"{p.name} has run metadata", damaged) if "extra" in meta else {}
     return SavedLatents(p, latents, state, plan, extra)
+
+
+def _json_object(text: str, what: str, hint: str) -> dict:
+    """``text`` parsed as a JSON object, or InvalidRequest "<what> that is not valid JSON / not a JSON object"."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidRequest(f"{what} that is not valid JSON ({e}).", hint=hint) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{what} that is not a JSON object.", hint=hint)
+    return value

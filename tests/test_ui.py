@@ -128,8 +128,12 @@ def test_create_shows_progress_advancing_then_plays_the_video(page, api):
     page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('16 fps')")
     assert "RANDOM WEIGHTS" in page.inner_text("#create-model-info").upper()
     page.fill("#create-prompt textarea", "a lighthouse in a storm at night")
+    # tiny-wan denoises 100 steps at 128x128 in ~0.8 s: two panel polls (0.4 s) at best, so the bar was sometimes
+    # seen at one step only; at 256x256 (4x the tokens) they last seconds on any machine this runs on
+    pick(page, "create-preset", "256×256")
     set_number(page, "#create-steps input[type=number]", 100)
-    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('100 steps')")
+    page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('100 steps') && "
+                           "document.querySelector('#create-plan').innerText.includes('256×256')")
     page.click("#create-generate")
     samples = watch(page, "create", lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
     assert samples[-1]["state"] == "succeeded", samples[-1]
@@ -180,6 +184,7 @@ def test_history_lists_the_job_and_refills_create(page, api):
 def test_cancel_a_second_job_mid_run(page, api):
     tab(page, "create")
     page.fill("#create-prompt textarea", "a very long job to cancel")
+    pick(page, "create-preset", "256×256")  # long enough to be cancelled mid-run anywhere
     set_number(page, "#create-steps input[type=number]", 100)
     page.check("#create-seed-mode input[value=random]")
     page.wait_for_function("() => document.querySelector('#create-plan').innerText.includes('100 steps')")

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/localvideo doctor
+# --overwrite: the demo's own file, replaced on each run (without it an existing output is refused)
 .venv/bin/localvideo generate "a red fox trotting through fresh snow at dawn" --model tiny-wan --seed 42 \
-  --output "${1:-outputs/demo.mp4}"
+  --output "${1:-outputs/demo.mp4}" --overwrite

@@ -42,6 +42,9 @@ def _fail(err: LocalVideoError, as_json: bool) -> None:
     raise typer.Exit(err.exit_code)
 
 
+OVERWRITE_HELP = "Replace an existing --output file (default: refuse; a name chosen for you is never taken twice)."
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What the video shows."),
@@ -59,8 +62,7 @@ def generate(
     last_image: Optional[str] = typer.Option(None, "--last-image", help="Image-to-video: the last frame, where the "
                                                                         "model supports it."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
-                                                           "a name chosen for you is never taken twice)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     strategy: str = typer.Option("auto", help="Memory strategy: auto, resident, model_offload, group_offload, "
                                               "group_offload_leaf, sequential_offload."),
     vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Force VAE tiling on/off."),
@@ -213,13 +215,14 @@ def _generate(request, as_json: bool, prompt_info=None, overwrite: bool = False)
 def decode(
     latents: str = typer.Argument(..., help="A .latents.safetensors file named by a failed run."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Finish a run that failed while decoding: decode its saved latents (VAE tiling on) into an MP4."""
     try:
         from .generation import decode_saved
 
-        result = decode_saved(latents, output=output)
+        result = decode_saved(latents, output=output, overwrite=overwrite)
     except LocalVideoError as e:
         _fail(e, as_json)
     if as_json:
@@ -518,8 +521,7 @@ def animate(
                                                                "ease-in-out-cubic or ease-out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subject cut-out (GrabCut) for parallax; recorded."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .mp4 path or folder."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
-                                                           "a name chosen for you is never taken twice)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Animate a photo with a camera move (no model weights; 2.5D parallax when the subject separates cleanly)."""
@@ -572,8 +574,7 @@ def story(
     max_scenes: int = typer.Option(8, "--max-scenes", help="At most this many scenes from a paragraph."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand each scene's prompt for the model."),
     keep_segments: bool = typer.Option(False, "--keep-segments", help="Keep each scene's clip in NAME.segments/."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file (default: refuse; "
-                                                           "a name chosen for you is never taken twice)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the story as the real run would (on this machine) "
                                  "and print its scenes, transitions, frames and plan; generate nothing."),
     vram: Optional[float] = typer.Option(None, "--vram", help="With --dry-run: plan for a hypothetical GPU with this "
@@ -663,14 +664,13 @@ def _story_dry_run(source, as_json: bool, *, output: Optional[str], seed: Option
     if installed_check and not spec.tiny:
         locate(spec, get_settings())  # not installed: the real run's error, word for word (tiny: built on first use)
     if output:
-        p = Path(output).expanduser()
-        is_folder = p.is_dir() or output.endswith(("/", "\\")) or not p.suffix
+        from .media.encode import output_target, refuse_existing
+
+        p, is_folder = output_target(output, "story.mp4", Path("."))
         if not is_folder and p.suffix.lower() != ".mp4":
             raise InvalidRequest(f"The output file must end in .mp4, got '{p.name}'.",
                                  hint="Use a name like video.mp4.", path=str(p))
         if not is_folder:
-            from .media.encode import refuse_existing
-
             refuse_existing(p, overwrite=overwrite)
     plans, fps = sp.plans, sp.fps
     heaviest = max(range(len(plans)), key=lambda k: (plans[k].estimate.peak_device_bytes, sp.planned[k]))

@@ -89,28 +89,15 @@ def prepare(request: GenerationRequest, hardware: Hardware | None = None,
     return spec, make_plan(request, spec, hw, image_size=size)
 
 
-def output_path_for(plan: Plan, settings: Settings) -> Path:
-    """Where the video goes: the output the user gave, or a name chosen for them (see :func:`chosen_name`); a name
-    chosen for them is made unique when reserved (:func:`localvideo.media.encode.reserve_output`)."""
-    if plan.output:
-        p = Path(plan.output).expanduser()
-        if p.is_dir() or plan.output.endswith(("/", "\\")) or not p.suffix:  # a folder (existing or to be made)
-            p = p / _default_name(plan)
-        return p
-    p = settings.outputs / _default_name(plan)
-    n = 1
-    while p.exists():
-        p = p.with_name(f"{p.stem.rsplit('~', 1)[0]}~{n}.mp4")
-        n += 1
-    return p
+def claim_output(plan: Plan, settings: Settings, overwrite: bool) -> Path:
+    """Check the plan's output (:func:`localvideo.media.encode.check_output_path`) and claim it for this run
+    (:func:`~localvideo.media.encode.reserve_output`; release it with ``release_output``). A name chosen for the
+    user (no output, or a folder) is made unique; a file the user named is refused if it exists, unless
+    ``overwrite``."""
+    from .media.encode import check_output_path, output_target, reserve_output
 
-
-def chosen_name(plan: Plan) -> bool:
-    """Whether the output file name is ours to choose (no output given, or a folder): then it is made unique."""
-    if not plan.output:
-        return True
-    p = Path(plan.output).expanduser()
-    return p.is_dir() or plan.output.endswith(("/", "\\")) or not p.suffix
+    path, chosen = output_target(plan.output, _default_name(plan), settings.outputs)
+    return reserve_output(check_output_path(path, overwrite=overwrite or chosen), unique=chosen)
 
 
 def _default_name(plan: Plan) -> str:
@@ -180,7 +167,7 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
     (:func:`localvideo.media.encode.release_output` once the video is written or given up).
 
     ``request`` with ``prompt`` or ``fields``: those replace the request's own (validated again)."""
-    from .media.encode import check_output_path, release_output, reserve_output
+    from .media.encode import release_output
     from .runtime import latents as latents_io
     from .runtime import leftovers, recovery, runner, store
 
@@ -195,12 +182,14 @@ def render(prompt: str | None = None, *, request: GenerationRequest | None = Non
         request, prompt_info = prepare_prompt(request, get_model(request.model).family, stop=cancel,
                                               hardware=hardware, settings=settings)
     spec, plan = prepare(request, hardware, settings)
-    chosen = chosen_name(plan)  # a name chosen for the user is made unique instead of refused
-    out_path = check_output_path(output_path_for(plan, settings), overwrite=overwrite or chosen)  # before heavy work
-    model_path = store.locate(spec, settings)
+    out_path = claim_output(plan, settings, overwrite)  # before any heavy work; no other run writes it till released
+    try:
+        model_path = store.locate(spec, settings)
+    except BaseException:
+        release_output(out_path)
+        raise
     # what killed runs left where this one writes (temp videos, claims, unreleased latents): cheap, one folder each
     leftovers.sweep([out_path.parent, settings.home / "latents"], context="before a run")
-    out_path = reserve_output(out_path, unique=chosen)  # no other run writes this name until released
 
     def emit(p):
         if on_progress is not None:
@@ -336,19 +325,20 @@ def record(frames, plan: Plan, spec: ModelSpec, out_path: Path, timings: dict, t
 
 
 def decode_saved(latents_file: str | Path, *, output: str | None = None, hardware: Hardware | None = None,
-                 cache=None, settings: Settings | None = None, on_progress=None) -> GenerationResult:
+                 cache=None, settings: Settings | None = None, on_progress=None,
+                 overwrite: bool = False) -> GenerationResult:
     """Finish a run whose decode failed: decode saved latents (VAE tiling on) and write the MP4 with metadata.
 
     A file that is damaged or does not fit its plan (no plan, bad JSON, another model's latents, a cut tensor, an
     edited size) is an :class:`~localvideo.errors.InvalidRequest` naming the file, before anything loads. The run's
-    metadata saved beside the plan (the prompt as typed, how it was rewritten, conditioning images) is restored."""
+    metadata saved beside the plan (the prompt as typed, how it was rewritten, conditioning images) is restored.
+    An existing ``output`` file is refused unless ``overwrite`` (as for :func:`generate`)."""
     from dataclasses import MISSING, fields, replace
 
-    from .errors import GenerationFailed, InvalidRequest, LocalVideoError
-    from .media.encode import check_output_path
+    from .errors import InvalidRequest, LocalVideoError
+    from .media.encode import release_output
     from .planner import Plan as PlanCls
     from .runtime import latents as latents_io
-    from .runtime import recovery, runner, store
 
     t_start = time.perf_counter()
     settings = settings or get_settings()
@@ -379,7 +369,19 @@ def decode_saved(latents_file: str | Path, *, output: str | None = None, hardwar
     plan = replan(replace(plan, device=device, strategy=plan.strategy if device != "cpu" else "resident",
                           output=output), spec, vae_tiling=True,
                   degraded=f"decoded later from saved latents ({name}) with VAE tiling")
-    out_path = check_output_path(output_path_for(plan, settings))
+    out_path = claim_output(plan, settings, overwrite)
+    try:
+        return _decode_into(out_path, saved, plan, spec, name, latents_file, settings, cache, on_progress, t_start)
+    finally:
+        release_output(out_path)
+
+
+def _decode_into(out_path: Path, saved, plan: Plan, spec: ModelSpec, name: str, latents_file, settings: Settings,
+                 cache, on_progress, t_start: float) -> GenerationResult:
+    """decode_saved once its output is claimed: load the pipeline, decode (with the OOM ladder), record."""
+    from .errors import GenerationFailed, LocalVideoError
+    from .runtime import recovery, runner, store
+
     model_path = store.locate(spec, settings)
     cache = cache if cache is not None else default_cache(settings)
     t = time.perf_counter()

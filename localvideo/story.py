@@ -234,18 +234,10 @@ def _output_path(output: str | None, model: str, seed: int, settings: Settings,
                  overwrite: bool = False) -> tuple[Path, bool]:
     """The story's output path (checked: see :func:`localvideo.media.encode.check_output_path`) and whether its name
     was chosen for the user (then made unique when reserved)."""
-    from .media.encode import check_output_path
+    from .media.encode import check_output_path, output_target
 
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-story-{model}-seed{seed}.mp4"
-    chosen = True
-    if output:
-        p = Path(output).expanduser()
-        if p.is_dir() or output.endswith(("/", "\\")) or not p.suffix:
-            p = p / name
-        else:
-            chosen = False
-    else:
-        p = settings.outputs / name
+    p, chosen = output_target(output, name, settings.outputs)
     return check_output_path(p, overwrite=overwrite or chosen), chosen  # a chosen name is made unique instead
 
 

@@ -168,6 +168,19 @@ def test_decode_restores_the_prompt_as_typed_and_how_it_was_rewritten(kept, tmp_
         assert result.metadata.get(key) == original[key], key
 
 
+def test_decode_refuses_an_existing_output_unless_overwrite(kept, tmp_path):
+    from localvideo.errors import OutputError
+    from localvideo.generation import decode_saved
+
+    taken = tmp_path / "taken.mp4"
+    taken.write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="exists already"):
+        decode_saved(kept.latents, output=str(taken), hardware=CPU)
+    assert taken.read_bytes() == b"keep me" and not list(tmp_path.glob(".*"))
+    assert decode_saved(kept.latents, output=str(taken), overwrite=True, hardware=CPU).path == taken
+    assert taken.stat().st_size > 100
+
+
 def test_check_refuses_in_process_too(kept):
     from localvideo.catalog import get_model
 

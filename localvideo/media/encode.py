@@ -97,6 +97,18 @@ def is_sidecar(path: str | os.PathLike) -> bool:
 
 
 # -- output names: one run per name ---------------------------------------------------------------------------------
+def output_target(output: str | os.PathLike | None, default_name: str, default_folder: Path) -> tuple[Path, bool]:
+    """Where a video goes, and whether its name was chosen for the user (then :func:`reserve_output` makes it unique
+    rather than refusing it). ``output``: a file, or a folder (existing, ending in a slash, or without a suffix: made
+    when written) that gets ``default_name``; None: ``default_folder / default_name``."""
+    if not output:
+        return Path(default_folder) / default_name, True
+    p = Path(output).expanduser()
+    if p.is_dir() or str(output).endswith(("/", "\\")) or not p.suffix:
+        return p / default_name, True
+    return p, False
+
+
 def reserve_output(path: str | os.PathLike, *, unique: bool, attempts: int = 1000) -> Path:
     """Claim an output name for this run, so that two runs never write one file, and return it.
 

@@ -279,13 +279,11 @@ def _output_size(width, height, image_size) -> tuple[tuple[int, int], list[str]]
 
 def _output_path(output, image_name: str, move: str, settings) -> tuple[Path, bool]:
     """The output path, and whether its name was chosen for the user (then made unique when reserved)."""
+    from localvideo.media.encode import output_target
+
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(image_name).stem)[:40] or "image"
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-animate-{stem}-{move}.mp4"
-    if output:
-        p = Path(output).expanduser()
-        folder = p.is_dir() or str(output).endswith(("/", "\\")) or not p.suffix  # as generate: a folder to make
-        return (p / name, True) if folder else (p, False)
-    return settings.outputs / name, True
+    return output_target(output, name, settings.outputs)
 
 
 def _auto_move(focus: Focus, layered: bool, image_size, out_size) -> str:
